@@ -1,0 +1,117 @@
+"""Reading and writing tensors on disk: safe loading, atomic saving.
+
+Every file pqprune writes goes through :func:`atomic_write` (temp file in the same folder, fsync, rename), so a
+crash or Ctrl-C leaves either the old file or the new one, never half of one. Pickled files are loaded with
+``torch.load(weights_only=True)`` only: a file that needs arbitrary code to unpickle is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+class FileFormatError(ValueError):
+    """A file is missing, unreadable, corrupt or of the wrong kind; the message names the file."""
+
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_tensors(tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to the CPU."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=meta))
+
+
+def save_json(obj: object, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (sorted keys, indented, so files diff well)."""
+    text = json.dumps(obj, indent=2, sort_keys=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty dict when it has none)."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise FileFormatError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a state dict (name → tensor) from ``.safetensors`` or a ``.pt``/``.pth`` pickle.
+
+    Pickles are read with ``weights_only=True``; one that needs arbitrary code is refused. A checkpoint dict
+    holding the state dict under ``"state_dict"`` or ``"model"`` is unwrapped. Errors name the file.
+    """
+    path = _existing(path)
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise FileFormatError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise FileFormatError(
+            f"{path}: refused, it needs arbitrary code to unpickle (only plain tensors are loaded, "
+            f"weights_only=True); save a state dict instead: torch.save(model.state_dict(), path)"
+        ) from err
+    except Exception as err:  # torch raises many types (struct.error, RuntimeError, EOFError) on junk
+        raise FileFormatError(f"{path}: not a readable PyTorch file ({err})") from err
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+        if tensors:
+            return tensors
+    raise FileFormatError(f"{path}: holds no state dict (a mapping of names to tensors)")
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise FileFormatError(f"{path}: not a file")
+    return path
