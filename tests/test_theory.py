@@ -342,6 +342,8 @@ def test_wilson_interval_known_values():
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     lo, hi = T.wilson_interval(5, 10)
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    lo, hi = T.wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(1 - 0.2775, abs=1e-4)
     with pytest.raises(ValueError):
         T.wilson_interval(11, 10)
 

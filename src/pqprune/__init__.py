@@ -10,6 +10,10 @@ from pqprune.sparsity import (
     sap_prune_count,
 )
 
+from pqprune.masks import MaskSet, load_masks
+from pqprune.methods import SAP, LotteryTicket, LqNeuron, OneShot, RandomMatched, RandomPruning
+from pqprune.pruner import Pruner
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -20,4 +24,13 @@ __all__ = [
     "pq_index_grid",
     "retained_bound",
     "sap_prune_count",
+    "Pruner",
+    "MaskSet",
+    "load_masks",
+    "SAP",
+    "LotteryTicket",
+    "OneShot",
+    "RandomPruning",
+    "RandomMatched",
+    "LqNeuron",
 ]

@@ -1,0 +1,108 @@
+"""`pqprune run / sweep / runs / demo` through typer.testing.CliRunner, on tiny configurations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pqprune.cli import app
+from pqprune.experiment import RunSettings
+
+runner = CliRunner()
+TINY = ["--data", "digits", "--rounds", "1", "--epochs", "1"]
+
+
+def _paths(tmp_path: Path) -> list[str]:
+    return ["--db", str(tmp_path / "out" / "db.sqlite"), "--runs-dir", str(tmp_path / "out" / "runs")]
+
+
+def test_run_json_then_reuse_then_runs(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "finished" and not doc["reused"] and len(doc["rounds"]) == 2
+    assert doc["run_id"] == RunSettings(data="digits", rounds=1, epochs=1).run_id()
+    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), "--quiet"])
+    assert r.exit_code == 0 and "reused" in r.stdout
+    r = runner.invoke(app, ["runs", "--db", str(tmp_path / "out" / "db.sqlite"), "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.stdout)
+    assert row["run_id"] == doc["run_id"] and row["status"] == "finished" and row["rounds_done"] == 2
+    assert row["method"] == "SAP(0.5,1)" and row["density"] == doc["rounds"][-1]["density"]
+    r = runner.invoke(app, ["runs", "--db", str(tmp_path / "out" / "db.sqlite"), "--status", "failed", "--json"])
+    assert json.loads(r.stdout) == []
+    r = runner.invoke(app, ["runs", "--db", str(tmp_path / "out" / "db.sqlite")])
+    assert r.exit_code == 0 and doc["run_id"][:8] in r.stdout
+
+
+@pytest.mark.parametrize("suffix, text", [(".yaml", "data: digits\nrounds: 1\nepochs: 1\nmethod: lt\n"),
+                                          (".toml", 'data = "digits"\nrounds = 1\nepochs = 1\nmethod = "lt"\n')])
+def test_run_from_config_with_overrides(tmp_path: Path, suffix: str, text: str) -> None:
+    config = tmp_path / f"c{suffix}"
+    config.write_text(text)
+    r = runner.invoke(app, ["run", "--config", str(config), "--seed", "1", *_paths(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    settings = json.loads(r.stdout)["settings"]
+    assert (settings["data"], settings["method"], settings["seed"], settings["rounds"]) == ("digits", "lt", 1, 1)
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("data: digits\nepoch: 1\n")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    cases = [
+        (["--data", "nope"], "unknown data set 'nope'"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--method", "nope"], "unknown pruning method 'nope'"),
+        (["--p", "2"], "p < q"),
+        (["--config", str(bad_config)], "unknown setting 'epoch'"),
+        (["--model-option", "width=3"], "unknown option(s) width"),
+    ]
+    for args, message in cases:
+        r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.stderr and r.stderr.count("error:") == 1, r.stderr
+    r = runner.invoke(app, ["run", *TINY, "--db", str(a_file / "db.sqlite"), "--runs-dir", str(tmp_path / "out" / "runs")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.stderr
+    from torch import nn
+
+    monkeypatch.setattr("pqprune.experiment.models_mod.build_model", lambda *a, **k: nn.Linear(3, 10))
+    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path)])
+    assert r.exit_code == 2 and "cannot take data set 'digits'" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = runner.invoke(app, ["runs", "--db", str(tmp_path / "none.db")])
+    assert r.exit_code == 2 and "no results database" in r.stderr
+    r = runner.invoke(app, ["sweep", *TINY, "--set", "nope=1,2", *_paths(tmp_path)])
+    assert r.exit_code == 2 and "unknown setting 'nope'" in r.stderr
+    r = runner.invoke(app, ["sweep", "--data", "digits", "--model", "mlp,nope", *_paths(tmp_path)])
+    assert r.exit_code == 2 and "unknown model 'nope'" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(300)
+def test_sweep_with_two_workers_then_skips_finished(tmp_path: Path) -> None:
+    args = ["sweep", *TINY, "--method", "sap,lt", "--set", "seed=0,1", "--workers", "2", *_paths(tmp_path), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    items = json.loads(r.stdout)
+    assert len(items) == 4 and {i["status"] for i in items} == {"finished"}
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0 and {i["status"] for i in json.loads(r.stdout)} == {"skipped"}
+    r = runner.invoke(app, ["runs", "--db", str(tmp_path / "out" / "db.sqlite"), "--method", "lt", "--json"])
+    assert sorted(row["seed"] for row in json.loads(r.stdout)) == [0, 1]
+
+
+def test_demo_prints_the_summary(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [row["method"] for row in doc["summary"]] == ["SAP(0.5,1)", "SAP(1,2)", "LT", "OS", "Random"]
+    for row in doc["summary"]:
+        assert 0 < row["final_density"] < 1 and 0 <= row["final_test_accuracy"] <= 1
+    assert set(doc["phases"]) == {"train", "evaluate", "measure", "prune", "checkpoint"}
+    r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path)])
+    assert r.exit_code == 0 and "within 1" in r.stdout and "SAP(1,2)" in r.stdout and "time per phase" in r.stdout

@@ -1,0 +1,118 @@
+"""Exact-k selection (select.py): exact counts, the c smallest, deterministic ties, O(n) at scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pqprune.select import LazyScores, magnitude_scores, select_prune, smallest_global, smallest_in_rows
+from pqprune.sparsity import as_rows
+
+
+def _reference(scores: list[torch.Tensor], alive: list[torch.Tensor], c: int) -> list[torch.Tensor]:
+    """Brute force: stable sort of (score, flat index) over survivors of the concatenation, first c."""
+    s = torch.cat([x.reshape(-1).double() for x in scores])
+    a = torch.cat([m.reshape(-1) for m in alive])
+    idx = torch.nonzero(a).flatten()
+    order = idx[torch.from_numpy(np.lexsort((idx.numpy(), s[idx].numpy())))]
+    chosen = torch.zeros_like(a)
+    chosen[order[:c]] = True
+    out, off = [], 0
+    for x in scores:
+        out.append(chosen[off : off + x.numel()].reshape(x.shape))
+        off += x.numel()
+    return out
+
+
+@st.composite
+def _case(draw):
+    n_t = draw(st.integers(1, 3))
+    shapes = [(draw(st.integers(1, 6)), draw(st.integers(1, 9))) for _ in range(n_t)]
+    seed = draw(st.integers(0, 2**16))
+    levels = draw(st.sampled_from([3, 50, 10_000]))  # few levels = many ties
+    g = torch.Generator().manual_seed(seed)
+    scores = [torch.randint(0, levels, s, generator=g).float() for s in shapes]
+    alive = [torch.rand(s, generator=g) < draw(st.floats(0.2, 1.0)) for s in shapes]
+    return scores, alive, draw(st.floats(0, 1))
+
+
+@given(_case())
+@settings(max_examples=150, deadline=None)
+def test_global_equals_stable_sort(case):
+    scores, alive, frac = case
+    n_alive = int(sum(int(a.sum()) for a in alive))
+    c = int(frac * n_alive)
+    names = [f"t{i}" for i in range(len(scores))]
+    got = smallest_global(dict(zip(names, scores)), c, dict(zip(names, alive)))
+    want = _reference(scores, alive, c)
+    assert sum(int(g.sum()) for g in got.values()) == c
+    for n, w in zip(names, want):
+        assert torch.equal(got[n], w)
+
+
+@given(_case())
+@settings(max_examples=150, deadline=None)
+def test_layer_and_neuron_equal_stable_sort(case):
+    scores, alive, frac = case
+    names = [f"t{i}" for i in range(len(scores))]
+    # layer scope
+    counts = {n: int(frac * int(a.sum())) for n, a in zip(names, alive)}
+    got = select_prune(dict(zip(names, scores)), counts, "layer", dict(zip(names, alive)))
+    for n, s, a in zip(names, scores, alive):
+        assert torch.equal(got[n], _reference([s], [a], counts[n])[0])
+    # neuron scope: a different count for every row
+    g = torch.Generator().manual_seed(1)
+    ncounts = {n: (torch.rand(s.shape[0], generator=g) * as_rows(a).sum(1)).floor().long() for n, s, a in zip(names, scores, alive)}
+    got = select_prune(dict(zip(names, scores)), ncounts, "neuron", dict(zip(names, alive)))
+    for n, s, a in zip(names, scores, alive):
+        for i in range(s.shape[0]):
+            want = _reference([s[i]], [a[i]], int(ncounts[n][i]))[0]
+            assert torch.equal(got[n][i], want), (n, i)
+
+
+def test_equal_weights_lowest_index_first():
+    w = torch.ones(2, 5)
+    got = select_prune(magnitude_scores({"a": w, "b": w.clone()}), {"global": 12}, "global")
+    assert got["a"].all() and got["b"].reshape(-1).tolist() == [True, True, False, False, False, False, False, False, False, False]
+    got = select_prune(magnitude_scores({"a": w}), {"a": torch.tensor([1, 3])}, "neuron")
+    assert got["a"].tolist() == [[True, False, False, False, False], [True, True, True, False, False]]
+
+
+def test_dead_entries_never_selected_and_counts_checked():
+    s = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    alive = torch.tensor([[False, True, False, True]])
+    assert smallest_in_rows(s, 2, alive).tolist() == [[False, True, False, True]]
+    with pytest.raises(ValueError, match="cannot prune 3 of the 2 survivors"):
+        smallest_in_rows(s, 3, alive, name="fc.weight")
+    with pytest.raises(ValueError, match="global: cannot prune"):
+        smallest_global({"s": s}, 3, {"s": alive})
+    with pytest.raises(ValueError, match="shape"):
+        smallest_global({"s": s}, 1, {"s": alive.reshape(2, 2)})
+    with pytest.raises(ValueError, match="NaN"):
+        smallest_in_rows(torch.tensor([float("nan"), 1.0]), 1)
+    # global scope skips the extra NaN pass: NaN ranks last, like a pruned entry
+    assert smallest_global({"s": torch.tensor([float("nan"), 1.0, 0.5])}, 2)["s"].tolist() == [False, True, True]
+
+
+def test_lazy_scores_not_stored():
+    calls = []
+    w = {"a": torch.randn(10, 10)}
+    lazy = LazyScores(w, lambda n, t: (calls.append(n), t.abs())[1])
+    select_prune(lazy, {"global": 30}, "global")
+    assert calls == ["a", "a"]  # partition pass + compare pass, nothing cached
+
+
+@pytest.mark.slow
+def test_global_above_quantile_limit():
+    # torch.quantile refuses inputs above 2^24 entries; selection must not care.
+    n = (1 << 24) + 1000
+    g = torch.Generator().manual_seed(0)
+    w = {"a": torch.randn(n // 2, generator=g).reshape(-1, 1), "b": torch.randn(n - n // 2, generator=g)}
+    k = int(0.2 * n)
+    got = smallest_global(magnitude_scores(w), k)
+    assert sum(int(m.sum()) for m in got.values()) == k
+    thr = max(float(w[n_][got[n_]].abs().max()) for n_ in w)
+    assert all(float(w[n_][~got[n_]].abs().min()) >= thr for n_ in w)
