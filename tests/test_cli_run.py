@@ -106,3 +106,12 @@ def test_demo_prints_the_summary(tmp_path: Path) -> None:
     assert set(doc["phases"]) == {"train", "evaluate", "measure", "prune", "checkpoint"}
     r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path)])
     assert r.exit_code == 0 and "within 1" in r.stdout and "SAP(1,2)" in r.stdout and "time per phase" in r.stdout
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pqprune.experiment.run_experiment", interrupted)
+    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path)])
+    assert r.exit_code == 130 and "rerun the same command to resume" in r.stderr

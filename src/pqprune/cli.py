@@ -537,10 +537,10 @@ def sweep_command(
         raise typer.Exit(code=1)
 
 
-def _runs_rows(db: str, status: str | None, where: dict) -> list[dict]:
+def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[dict]:
     from pathlib import Path
 
-    from pqprune.experiment import method_label
+    from pqprune.experiment import RunDir, method_label
     from pqprune.store import Store
 
     if not Path(db).exists():
@@ -551,8 +551,11 @@ def _runs_rows(db: str, status: str | None, where: dict) -> list[dict]:
             rounds = store.rounds(run["run_id"])
             s = run["settings"]
             last = rounds[-1] if rounds else {}
+            state = run["status"]
+            if state == "running" and not RunDir(Path(runs_dir), run["run_id"]).is_live():
+                state = "stale"  # marked running, but no process holds it: killed; rerunning resumes it
             rows.append({
-                "run_id": run["run_id"], "status": run["status"], "method": method_label(s), "scope": s.get("scope"),
+                "run_id": run["run_id"], "status": state, "method": method_label(s), "scope": s.get("scope"),
                 "data": s.get("data"), "model": s.get("model"), "seed": s.get("seed"),
                 "rounds_done": len(rounds), "rounds_total": s.get("rounds", 0) + 1,
                 "density": last.get("density"), "test_accuracy": last.get("test_accuracy"),
@@ -564,12 +567,14 @@ def _runs_rows(db: str, status: str | None, where: dict) -> list[dict]:
 @app.command("runs")
 def runs_command(
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints (to tell live runs from killed ones)."),
     status: str | None = typer.Option(None, "--status", help="Only runs with this status: running, finished, failed, interrupted."),
     method: str | None = typer.Option(None, "--method", help="Only runs of this method (sap, lt, os, random, lq)."),
     data: str | None = typer.Option(None, "--data", help="Only runs on this data set."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the runs of the results database with their last round."""
+    """List the runs of the results database with their last round. Status "stale": marked running but no process
+    computes it (it was killed); rerunning its command resumes it."""
     import json
 
     from pqprune.store import STATUSES
@@ -578,7 +583,7 @@ def runs_command(
         fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
     where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
     try:
-        rows = _runs_rows(db, status, where)
+        rows = _runs_rows(db, status, where, runs_dir)
     except _input_errors() as err:
         fail(str(err))
     if as_json:

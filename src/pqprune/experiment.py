@@ -363,8 +363,13 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise SettingsError(f"cannot read config file {path}: {err.strerror or err}") from err
     try:
         if path.suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser as a package
+                try:
+                    import tomli as tomllib  # type: ignore[no-redef]
+                except ImportError:
+                    raise SettingsError(f"config file {path}: reading TOML needs Python 3.11+ or the tomli package") from None
             obj: Any = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             import yaml
@@ -517,6 +522,20 @@ class RunDir:
         finally:
             fh.close()
 
+    def is_live(self) -> bool:
+        """Whether a process is computing this run now (holds its lock). A run marked ``running`` in the database
+        that is not live was killed: rerunning the same command resumes it."""
+        path = self.path / ".lock"
+        if not path.exists():
+            return False
+        with open(path, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
     def finished_rounds(self) -> list[int]:
         """Rounds whose JSON exists (a round's JSON is written last, so it marks the round complete)."""
         out = []
@@ -617,14 +636,13 @@ class _Loop:
         self.pruner.load_state_dict(_load_pruner_state(self.rd, t, doc, initial))
         self.pending = dict(doc.get("next") or {})
 
-    def round(self, t: int) -> dict[str, Any]:
-        s, model, pruner, data = self.s, self.model, self.pruner, self.prep.data
-        last = t == s.rounds
-        seed = _seed_for(s.seed, t)
-        sec = dict(train=0.0, evaluate=0.0, measure=0.0, prune=0.0, checkpoint=0.0)
-        self.progress({"event": "round", "run_id": self.rd.run_id, "round": t, "rounds": s.rounds + 1, "epochs": s.epochs})
+    def _train(self, t: int, seed: int) -> tuple[dict[str, Any], float, float]:
+        """Rewind, train E epochs under the masks, load the best epoch's weights (by the selection split).
 
-        # --- retrain from the initial weights under the masks, keeping the best epoch
+        Returns the best epoch's record (``epoch``, ``metrics`` on the selection split), the training seconds
+        and the seconds spent evaluating after each epoch (reported as evaluation, not training).
+        """
+        s, model, pruner, data = self.s, self.model, self.pruner, self.prep.data
         t0 = time.perf_counter()
         pruner.rewind()
         torch.manual_seed(seed)  # global RNG (dropout) is per round too
@@ -636,7 +654,7 @@ class _Loop:
             nonlocal eval_seconds
             e0 = time.perf_counter()
             m = evaluate(model, select, self.prep.train_config.eval_batch_size)
-            if best["state"] is None or m.accuracy > best["acc"]:
+            if best["state"] is None or m.accuracy > best["acc"]:  # ties keep the earlier epoch
                 best.update(acc=m.accuracy, epoch=info.epoch + 1, metrics=m,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
             eval_seconds += time.perf_counter() - e0
@@ -649,13 +667,24 @@ class _Loop:
                 if info.step + 1 == s.rewind_step:
                     pruner.save_rewind_point()
 
+        # Gradients are masked before clipping (so the norm is that of the survivors), weights after the step.
         train_epochs(
             model, data.train, s.epochs, self.prep.train_config, seed=seed,
             before_step=pruner.maskset.mask_grads, after_step=pruner.enforce,
             on_epoch=on_epoch, on_step=on_step,
         )
         model.load_state_dict(best["state"])
-        sec["train"] = time.perf_counter() - t0 - eval_seconds
+        return best, time.perf_counter() - t0 - eval_seconds, eval_seconds
+
+    def round(self, t: int) -> dict[str, Any]:
+        s, model, pruner, data = self.s, self.model, self.pruner, self.prep.data
+        last = t == s.rounds
+        seed = _seed_for(s.seed, t)
+        sec = dict(train=0.0, evaluate=0.0, measure=0.0, prune=0.0, checkpoint=0.0)
+        self.progress({"event": "round", "run_id": self.rd.run_id, "round": t, "rounds": s.rounds + 1, "epochs": s.epochs})
+
+        # --- retrain from the initial weights under the masks, keeping the best epoch
+        best, sec["train"], eval_seconds = self._train(t, seed)
 
         # --- evaluate the kept model (the selection split's metrics are those of the kept epoch)
         t0 = time.perf_counter()

@@ -265,7 +265,9 @@ def pq_from_sums(count: Tensor, sum_p: Tensor, sum_q: Tensor, p: float, q: float
     check_pq(p, q)
     with torch.no_grad():
         ratio = torch.exp(_power_mean_log(count, sum_p, p) - _power_mean_log(count, sum_q, q))
-        out = 1.0 - ratio
+        # M_p ≤ M_q always (power-mean inequality); a ratio above 1 is float32 rounding of the block sums
+        # (~1e-7), and a negative index would only confuse reports, so it is clipped to 0.
+        out = 1.0 - ratio.clamp(max=1.0)
         degenerate = (count <= 0) | (sum_q <= 0)
         return torch.where(degenerate, torch.full_like(out, math.nan), out)
 
