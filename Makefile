@@ -27,6 +27,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_measures.py
+	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_export.py
 
 clean:
 	rm -rf $(VENV) runs

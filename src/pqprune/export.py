@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import FileFormatError, load_state_dict, read_safetensors_metadata, save_tensors
+from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
 from pqprune.sparsity import as_rows, is_prunable_entry
 
 SPARSE_FORMAT = "pqprune.sparse"
@@ -246,16 +246,11 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
 
     A missing, corrupt or foreign file, or one of a newer format version, raises ``FileFormatError``.
     """
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") != SPARSE_FORMAT:
-        raise FileFormatError(f"{path}: not a pqprune sparse export (format={meta.get('format')!r})")
+    meta = read_format_metadata(path, SPARSE_FORMAT, SPARSE_FORMAT_VERSION, "sparse export")
     try:
-        version = int(meta.get("format_version", ""))
         entries = json.loads(meta["tensors"])
     except (KeyError, ValueError) as err:
         raise FileFormatError(f"{path}: bad sparse-export metadata ({err})") from err
-    if version > SPARSE_FORMAT_VERSION:
-        raise FileFormatError(f"{path}: sparse format version {version} is newer than this pqprune reads ({SPARSE_FORMAT_VERSION})")
     raw = load_state_dict(path)
     out: dict[str, Tensor] = {}
     for entry in entries:
@@ -525,16 +520,11 @@ def save_shrunk(model: nn.Sequential, path: str | os.PathLike) -> Path:
 
 def load_shrunk(path: str | os.PathLike) -> nn.Sequential:
     """Rebuild the model saved by :func:`save_shrunk` (in eval mode)."""
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") != SHRUNK_FORMAT:
-        raise FileFormatError(f"{path}: not a pqprune shrunk model (format={meta.get('format')!r})")
+    meta = read_format_metadata(path, SHRUNK_FORMAT, SHRUNK_FORMAT_VERSION, "shrunk model")
     try:
-        version = int(meta.get("format_version", ""))
         specs = json.loads(meta["modules"])
     except (KeyError, ValueError) as err:
         raise FileFormatError(f"{path}: bad shrunk-model metadata ({err})") from err
-    if version > SHRUNK_FORMAT_VERSION:
-        raise FileFormatError(f"{path}: shrunk format version {version} is newer than this pqprune reads ({SHRUNK_FORMAT_VERSION})")
     types = _spec_types()
     mods = []
     for spec in specs:

@@ -71,6 +71,24 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise FileFormatError(f"{path}: not a readable safetensors file ({err})") from err
 
 
+def read_format_metadata(path: str | os.PathLike, fmt: str, max_version: int, what: str) -> dict[str, str]:
+    """Metadata of a pqprune safetensors file of format ``fmt``, checking its name and version.
+
+    ``what`` names the kind of file in errors ("mask file", "sparse export", …). A file of another format, with
+    an unreadable version or one newer than ``max_version`` raises ``FileFormatError`` naming the file.
+    """
+    meta = read_safetensors_metadata(path)
+    if meta.get("format") != fmt:
+        raise FileFormatError(f"{path}: not a pqprune {what} (format={meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise FileFormatError(f"{path}: bad {what} format version {meta.get('format_version')!r}") from None
+    if version > max_version:
+        raise FileFormatError(f"{path}: {what} format version {version} is newer than this pqprune reads ({max_version})")
+    return meta
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Load a state dict (name → tensor) from ``.safetensors`` or a ``.pt``/``.pth`` pickle.
 

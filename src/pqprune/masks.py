@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import FileFormatError, load_state_dict, read_safetensors_metadata, save_tensors
+from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
 from pqprune.sparsity import prunable_weights
 
 MASK_FORMAT = "pqprune.masks"
@@ -343,15 +343,7 @@ class MaskSet:
 
 def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read masks written by :meth:`MaskSet.save`; a wrong, missing or corrupt file raises ``FileFormatError``."""
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") != MASK_FORMAT:
-        raise FileFormatError(f"{path}: not a pqprune mask file (format={meta.get('format')!r})")
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise FileFormatError(f"{path}: bad mask format version {meta.get('format_version')!r}") from None
-    if version > MASK_FORMAT_VERSION:
-        raise FileFormatError(f"{path}: mask format version {version} is newer than this pqprune reads ({MASK_FORMAT_VERSION})")
+    read_format_metadata(path, MASK_FORMAT, MASK_FORMAT_VERSION, "mask file")
     masks = load_state_dict(path)
     for n, m in masks.items():
         if m.dtype != torch.bool:
