@@ -457,20 +457,27 @@ def run_command(
     """Prune and retrain one model (math.md §5); rerunning the same command resumes it, or reuses it if finished."""
     import json
 
+    from pqprune.distributed import DistributedError, launch_rank
     from pqprune.experiment import RunBusy, RunSettings, run_experiment
 
+    # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
+    main_rank = launch_rank() == 0
     try:
         run_settings = RunSettings.from_dict(_base_settings(config, settings, data_option, model_option))
-        with _RunDisplay(enabled=not quiet and not as_json) as display:
+        with _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
             result = run_experiment(run_settings, db, runs_dir, progress=display)
     except _input_errors() as err:
+        if not main_rank:  # every rank sees the same bad input: one message is enough
+            raise typer.Exit(code=2)
         fail(str(err))
-    except RunBusy as err:
+    except (RunBusy, DistributedError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(code=1)
     except KeyboardInterrupt:
         err_console.print("interrupted: the last finished round is saved; rerun the same command to resume", highlight=False)
         raise typer.Exit(code=130)
+    if not main_rank:
+        return
     if as_json:
         typer.echo(json.dumps({"run_id": result.run_id, "status": result.status, "reused": result.reused,
                                "path": str(result.path), "settings": result.settings, "rounds": result.rounds}, indent=2))

@@ -16,6 +16,10 @@ Every round is seeded from ``(seed, t)`` alone, so a run resumed from the checkp
 what an uninterrupted run computes: the checkpoint holds the masks and the pruner's state; the weights of round
 k+1 come from the initial weights by rewinding. The checkpoint files are the source of truth; the database is
 an index of them and is re-synchronised from them on resume.
+
+Under ``torchrun`` with several processes (docs/distributed.md) every process runs the same loop under DDP
+with the same global batch; the masks, computed by each from identical weights, are checked to be identical
+every round; only rank 0 writes files and the database. The number of processes is not part of the identity.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune import data as data_mod
+from pqprune import distributed
 from pqprune import methods as methods_mod
 from pqprune import models as models_mod
 from pqprune import sparsity
@@ -402,9 +407,10 @@ class Prepared:
     train_config: TrainConfig
 
 
-def prepare(settings: RunSettings) -> Prepared:
+def prepare(settings: RunSettings, device: torch.device | None = None) -> Prepared:
     """Validate settings, load the data, build the model and check that it takes the data.
 
+    ``device`` overrides the device setting (a distributed run puts each process on its own ``cuda:LOCAL_RANK``).
     Nothing is written. Raises :class:`SettingsError`, or :class:`pqprune.data.DatasetNotFound` (one line saying
     where the files were looked for) for a missing data set.
     """
@@ -426,7 +432,7 @@ def prepare(settings: RunSettings) -> Prepared:
         model = models_mod.build_model(res.model, splits.input_shape, splits.num_classes, seed=res.seed, **res.model_options)
     except (ValueError, TypeError) as err:
         raise SettingsError(f"model {res.model!r}: {err}") from err
-    device = resolve_device(res.device)
+    device = device if device is not None else resolve_device(res.device)
     model.to(device)
     _check_forward(model, splits, res)
     splits = _to_device(splits, device)
@@ -622,14 +628,31 @@ def _unit_dict(r: UnitRecord) -> dict[str, Any]:
 
 
 class _Loop:
-    """One run's state between rounds; :meth:`round` does one round of math.md §5."""
+    """One run's state between rounds; :meth:`round` does one round of math.md §5.
 
-    def __init__(self, prep: Prepared, rd: RunDir, store: Store, progress: Progress) -> None:
+    In a distributed run every rank runs the same loop on the same model (trained under DDP) and computes the
+    same masks from the same weights; only rank 0 (``store`` given) writes checkpoints and the database.
+    """
+
+    def __init__(self, prep: Prepared, rd: RunDir, store: Store | None, progress: Progress,
+                 ctx: distributed.Context | None = None) -> None:
         self.prep, self.rd, self.store, self.progress = prep, rd, store, progress
         self.s = prep.settings
         self.model = prep.model
         self.pruner = Pruner(self.model, build_method(self.s), self.s.scope)
         self.pending: dict[str, Any] = {}  # the pruned-before-retraining metrics for the next round's row
+        self.ctx = ctx or distributed.Context(device=prep.device)
+        self.dist = self.ctx.active  # collectives in training, evaluation and the mask check
+        self.main = self.ctx.is_main  # writes files and the database
+
+    def _verify_masks(self, where: str) -> str | None:
+        """Distributed: check that all ranks hold the same masks (stops the run otherwise); the digest in hex."""
+        if not self.dist:
+            return None
+        return distributed.digest_hex(distributed.verify_masks(self.pruner.masks, where)[0])
+
+    def _evaluate(self, split: Any) -> Metrics:
+        return evaluate(self.model, split, self.prep.train_config.eval_batch_size, distributed=self.dist)
 
     def restore(self, t: int, initial: Mapping[str, Tensor]) -> None:
         doc = self.rd.read_round(t)
@@ -653,7 +676,7 @@ class _Loop:
         def on_epoch(info: Any) -> None:
             nonlocal eval_seconds
             e0 = time.perf_counter()
-            m = evaluate(model, select, self.prep.train_config.eval_batch_size)
+            m = self._evaluate(select)
             if best["state"] is None or m.accuracy > best["acc"]:  # ties keep the earlier epoch
                 best.update(acc=m.accuracy, epoch=info.epoch + 1, metrics=m,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -671,7 +694,7 @@ class _Loop:
         train_epochs(
             model, data.train, s.epochs, self.prep.train_config, seed=seed,
             before_step=pruner.maskset.mask_grads, after_step=pruner.enforce,
-            on_epoch=on_epoch, on_step=on_step,
+            on_epoch=on_epoch, on_step=on_step, distributed=self.dist,
         )
         model.load_state_dict(best["state"])
         return best, time.perf_counter() - t0 - eval_seconds, eval_seconds
@@ -682,6 +705,8 @@ class _Loop:
         seed = _seed_for(s.seed, t)
         sec = dict(train=0.0, evaluate=0.0, measure=0.0, prune=0.0, checkpoint=0.0)
         self.progress({"event": "round", "run_id": self.rd.run_id, "round": t, "rounds": s.rounds + 1, "epochs": s.epochs})
+        # Distributed: the masks trained under must be the same on every rank (also right after a resume).
+        digest = self._verify_masks(f"round {t}")
 
         # --- retrain from the initial weights under the masks, keeping the best epoch
         best, sec["train"], eval_seconds = self._train(t, seed)
@@ -689,7 +714,7 @@ class _Loop:
         # --- evaluate the kept model (the selection split's metrics are those of the kept epoch)
         t0 = time.perf_counter()
         other = data.test if s.select_on == "val" else data.val
-        other_m = evaluate(model, other, self.prep.train_config.eval_batch_size) if len(other) else Metrics(math.nan, math.nan)
+        other_m = self._evaluate(other) if len(other) else Metrics(math.nan, math.nan)
         val_m, test_m = (best["metrics"], other_m) if s.select_on == "val" else (other_m, best["metrics"])
         sec["evaluate"] = eval_seconds + time.perf_counter() - t0
 
@@ -710,19 +735,27 @@ class _Loop:
         # --- prune, then evaluate the pruned model before any retraining (it belongs to the next round's row)
         units: list[dict[str, Any]] = []
         nxt: dict[str, Any] = {}
+        next_digest = None
         t0 = time.perf_counter()
-        model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the weights measured above
+        # The weights measured above, for the checkpoint (only rank 0 writes one).
+        model_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if self.main else {}
         sec["checkpoint"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if not last:
+            # Every rank prunes its own (identical) weights with the same deterministic method, then checks.
             units = [_unit_dict(r) for r in pruner.step()]
+            next_digest = self._verify_masks(f"round {t} (after its pruning step)")
         sec["prune"] = time.perf_counter() - t0
         if not last:
             t0 = time.perf_counter()
-            pv = evaluate(model, data.val, self.prep.train_config.eval_batch_size) if len(data.val) else Metrics(math.nan, math.nan)
-            pt = evaluate(model, data.test, self.prep.train_config.eval_batch_size)
+            pv = self._evaluate(data.val) if len(data.val) else Metrics(math.nan, math.nan)
+            pt = self._evaluate(data.test)
             nxt = {"pruned_val_accuracy": pv.accuracy, "pruned_test_accuracy": pt.accuracy}
             sec["evaluate"] += time.perf_counter() - t0
+
+        self.pending = nxt
+        if not self.main:
+            return metrics
 
         # --- checkpoint (atomic), then the database
         t0 = time.perf_counter()
@@ -730,9 +763,12 @@ class _Loop:
         sec["checkpoint"] += time.perf_counter() - t0  # the small JSON below is not counted: it carries this number
         metrics.update({f"seconds_{k}": v for k, v in sec.items()})
         doc = {"run_id": self.rd.run_id, "round": t, "metrics": metrics, "units": units, "next": nxt, "pruner": skeleton}
+        if self.dist:  # how this round was computed: not part of the run's identity (docs/distributed.md)
+            # Digests every rank agreed on: of m_t (trained under) and of m_{t+1} (the checkpoint's masks).
+            doc["launch"] = {**self.ctx.describe(), "mask_digest": digest, "next_mask_digest": next_digest}
         _write_round_json(self.rd, t, doc, s.keep_checkpoints)
+        assert self.store is not None
         self.store.record_round(self.rd.run_id, t, metrics, units)
-        self.pending = nxt
         self.progress({"event": "round_end", "run_id": self.rd.run_id, "round": t, "rounds": s.rounds + 1,
                        "metrics": {k: v for k, v in metrics.items() if k != "layers"}})
         return metrics
@@ -773,16 +809,33 @@ def run_experiment(
     before anything is written; :class:`RunBusy` if another process computes the same run. On Ctrl-C the run is
     marked ``interrupted`` (the checkpoint of the last finished round stays) and ``KeyboardInterrupt``
     propagates; on any other error it is marked ``failed``.
+
+    Launched by torchrun with several processes (docs/distributed.md), every process calls this with the same
+    arguments: all train together under DDP; only rank 0 opens the database, takes the run's lock, writes files
+    and reports progress. The other ranks return a result with the rounds they computed (the database's rows
+    are rank 0's). The number of processes is not part of the run's identity.
     """
     progress = progress or _no_progress
-    prep = prepare(settings)  # validates; writes nothing
-    res = prep.settings
-    run_id, run_hash = res.run_id(), res.run_hash()
-    rd = RunDir(Path(runs_dir), run_id)
-    _check_runs_dir(Path(runs_dir))
-    with _open_store(db) as store:
-        with rd.lock():
-            return _run_locked(prep, rd, store, run_hash, progress)
+    res = settings.validate()  # before any process group: bad input fails alike on every rank
+    with distributed.session(resolve_device(res.device)) as ctx:
+        prep = prepare(res, device=ctx.device if ctx.active else None)  # validates; writes nothing
+        res = prep.settings
+        run_id, run_hash = res.run_id(), res.run_hash()
+        rd = RunDir(Path(runs_dir), run_id)
+        if not ctx.is_main:
+            return _run_follower(prep, rd, ctx)
+        with contextlib.ExitStack() as stack:
+            try:
+                _check_runs_dir(Path(runs_dir))
+                store = stack.enter_context(_open_store(db))
+                stack.enter_context(rd.lock())
+                last_done = _resume_point(rd, res, run_hash)
+                load_initial = rd.initial.exists() and last_done is not None
+            except BaseException as err:
+                distributed.announce_start(ctx, error=f"{type(err).__name__}: {err}")
+                raise
+            distributed.announce_start(ctx, {"last_done": last_done, "load_initial": load_initial})
+            return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx)
 
 
 @contextlib.contextmanager
@@ -802,9 +855,11 @@ def _check_runs_dir(root: Path) -> None:
         raise SettingsError(f"cannot write run folders under {root}: {ancestor} is not a writable folder")
 
 
-def _run_locked(prep: Prepared, rd: RunDir, store: Store, run_hash: str, progress: Progress) -> RunResult:
-    res = prep.settings
-    settings_doc = {"run_id": rd.run_id, "run_hash": run_hash, "identity": res.identity(), "settings": res.to_dict()}
+def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
+    """The last complete round whose tensors can be read (``res.rounds`` = finished), or None to start afresh.
+
+    Raises :class:`FileFormatError` if the folder holds another run's checkpoints.
+    """
     done = rd.finished_rounds()
     if done:
         try:
@@ -817,11 +872,32 @@ def _run_locked(prep: Prepared, rd: RunDir, store: Store, run_hash: str, progres
     # Only rounds whose tensors are readable can be resumed from (the JSON alone is not enough).
     while last_done is not None and not rd.tensors(last_done).exists() and last_done < res.rounds:
         last_done = last_done - 1 if last_done - 1 in done else None
+    return last_done
+
+
+def _initial_weights(prep: Prepared, rd: RunDir, load: bool) -> dict[str, Tensor]:
+    """The run's initial weights: read from ``initial.safetensors`` into the model (``load``), else the model's own."""
+    if load:
+        initial = load_state_dict(rd.initial)
+        prep.model.load_state_dict(initial)
+        return initial
+    return {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
+
+
+def _run_locked(prep: Prepared, rd: RunDir, store: Store, run_hash: str, progress: Progress, last_done: int | None,
+                load_initial: bool, ctx: distributed.Context) -> RunResult:
+    res = prep.settings
+    settings_doc: dict[str, Any] = {"run_id": rd.run_id, "run_hash": run_hash, "identity": res.identity(),
+                                    "settings": res.to_dict()}
+    # What the database's settings JSON holds: the settings, plus (distributed runs only) how they were launched.
+    db_settings = {**res.to_dict(), "launch": ctx.describe()} if ctx.active else res.to_dict()
+    if ctx.active:
+        settings_doc["launch"] = ctx.describe()
 
     if last_done == res.rounds:  # finished: reuse
         run = store.get_run(rd.run_id)
         if run is None or run["status"] != "finished" or run["rounds_done"] != res.rounds + 1:
-            store.start_run(rd.run_id, run_hash, res.to_dict())
+            store.start_run(rd.run_id, run_hash, db_settings)
             _sync_store(store, rd, res.rounds)
             store.set_status(rd.run_id, "finished")
         progress({"event": "start", "run_id": rd.run_id, "rounds": res.rounds + 1, "epochs": res.epochs, "reused": True,
@@ -833,16 +909,13 @@ def _run_locked(prep: Prepared, rd: RunDir, store: Store, run_hash: str, progres
 
     start = time.perf_counter()
     save_json(settings_doc, rd.path / "settings.json")
-    store.start_run(rd.run_id, run_hash, res.to_dict())
+    store.start_run(rd.run_id, run_hash, db_settings)
     status, message = "failed", None
     try:
-        if rd.initial.exists() and last_done is not None:
-            initial = load_state_dict(rd.initial)
-            prep.model.load_state_dict(initial)
-        else:
-            initial = {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
+        initial = _initial_weights(prep, rd, load_initial)
+        if not load_initial:
             save_tensors(initial, rd.initial, {"format": "pqprune.initial"})
-        loop = _Loop(prep, rd, store, progress)
+        loop = _Loop(prep, rd, store, progress, ctx)
         first = 0
         if last_done is not None:
             loop.restore(last_done, initial)
@@ -868,6 +941,29 @@ def _run_locked(prep: Prepared, rd: RunDir, store: Store, run_hash: str, progres
     run = store.get_run(rd.run_id)
     return RunResult(rd.run_id, status, rd.path, store.rounds(rd.run_id), resumed_from=last_done,
                      seconds=run["seconds"] if run else seconds, settings=res.to_dict())
+
+
+def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunResult:
+    """A rank > 0 of a distributed run: train and prune in step with rank 0, write nothing.
+
+    It starts where rank 0 says (the same last complete round, read from rank 0's checkpoint files, which are
+    complete before rank 0 announces them) and returns the metrics it computed itself.
+    """
+    res = prep.settings
+    start = distributed.receive_start(ctx)  # PeerFailed if rank 0 could not start
+    last_done = start["last_done"]
+    if last_done == res.rounds:
+        return RunResult(rd.run_id, "finished", rd.path, [], reused=True, settings=res.to_dict())
+    t0 = time.perf_counter()
+    initial = _initial_weights(prep, rd, bool(start["load_initial"]))
+    loop = _Loop(prep, rd, None, _no_progress, ctx)
+    first = 0
+    if last_done is not None:
+        loop.restore(last_done, initial)
+        first = last_done + 1
+    rounds = [{"round": t, **loop.round(t)} for t in range(first, res.rounds + 1)]
+    return RunResult(rd.run_id, "finished", rd.path, rounds, resumed_from=last_done,
+                     seconds=time.perf_counter() - t0, settings=res.to_dict())
 
 
 # --------------------------------------------------------------------------------------------- sweeps

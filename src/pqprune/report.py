@@ -36,7 +36,7 @@ from pqprune.files import atomic_write
 GROUP_KEYS: tuple[str, ...] = ("data", "model", "scope")
 # Settings that do not make two runs different *methods*: the group keys, the seed (averaged over) and the
 # where-to-compute settings. Runs of one group that agree on everything else are seeds of one method.
-_NOT_METHOD = frozenset(GROUP_KEYS) | {"seed", "device", "data_root", "download", "keep_checkpoints"}
+_NOT_METHOD = frozenset(GROUP_KEYS) | {"seed", "device", "data_root", "download", "keep_checkpoints", "launch"}
 
 PHASES: tuple[str, ...] = ("regularisation", "compression", "collapse")
 UNKNOWN_PHASE = "unknown"

@@ -15,6 +15,7 @@ Schema, version 1 (``docs/database.md`` has example queries)::
       run_hash   TEXT NOT NULL,                          -- sha256 of the non-default settings (run identity)
       status     TEXT NOT NULL,                          -- running | finished | failed | interrupted
       settings   TEXT NOT NULL,                          -- JSON object of *all* settings, defaults included
+                                                         -- (+ "launch": {world_size, backend} if multi-process)
       created_at TEXT NOT NULL, updated_at TEXT NOT NULL,-- ISO 8601, UTC
       seconds    REAL NOT NULL DEFAULT 0,                -- wall time spent on the run, summed over resumes
       message    TEXT)                                   -- why it failed or was interrupted, else NULL

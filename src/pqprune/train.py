@@ -11,6 +11,14 @@ The loop knows nothing about pruning. A pruning engine plugs in through two call
 - ``after_step()``: right after ``optimizer.step()`` (re-zero pruned weights that weight decay or momentum moved).
 
 Order of one step: zero_grad → forward → loss → backward → before_step → clip → step → after_step → on_step.
+
+With ``distributed=True`` (a process group initialised, see :mod:`pqprune.distributed`) the same loop runs on
+every rank: the model is wrapped in DistributedDataParallel, each global batch of ``batch_size`` examples (the
+same seeded permutation on every rank) is split between the ranks, and the local loss is scaled so that DDP's
+gradient average equals the gradient of the global batch's mean loss — the gradient a single process would
+compute. DDP all-reduces the gradients inside ``backward()``, so ``before_step`` (gradient masking) runs after
+the all-reduce on identical gradients; every rank then clips and steps identically. Evaluation splits the data
+and sums counts and losses over the ranks.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pqprune import distributed as dist_mod
 
 AUGMENTATIONS = (None, "crop_flip")
 
@@ -188,6 +198,31 @@ class _Score:
             self.sse += float(((out.detach() - y.view_as(out)) ** 2).sum())
             self.ys.append(y.detach().reshape(len(y), -1).double().cpu())
 
+    def state(self) -> dict[str, Any]:
+        """Plain sums, to be added over ranks by :meth:`merged` (regression: per-output sums of y and y²)."""
+        ys = torch.cat(self.ys) if self.ys else None
+        return {
+            "n": self.n, "loss": self.loss, "correct": self.correct, "sse": self.sse, "regression": ys is not None,
+            "sum_y": ys.sum(dim=0).tolist() if ys is not None else None,
+            "sum_y2": (ys**2).sum(dim=0).tolist() if ys is not None else None,
+        }
+
+    @staticmethod
+    def merged(states: list[dict[str, Any]]) -> Metrics:
+        """The metrics of the union of the batches the ``states`` saw (one state per rank)."""
+        n = sum(s["n"] for s in states)
+        if n == 0:
+            return Metrics(float("nan"), float("nan"))
+        loss = sum(s["loss"] for s in states)
+        regression = [s for s in states if s["regression"]]
+        if not regression:  # classification (or ranks that saw nothing)
+            return Metrics(loss / n, sum(s["correct"] for s in states) / n)
+        sum_y = torch.tensor([s["sum_y"] for s in regression], dtype=torch.float64).sum(dim=0)
+        sum_y2 = torch.tensor([s["sum_y2"] for s in regression], dtype=torch.float64).sum(dim=0)
+        sst = float((sum_y2 - sum_y**2 / n).sum())  # Σ (y − ȳ)² from the sums, in float64
+        sse = sum(s["sse"] for s in states)
+        return Metrics(loss / n, 1.0 - sse / sst if sst > 0 else float("nan"))
+
     def metrics(self) -> Metrics:
         if self.n == 0:
             return Metrics(float("nan"), float("nan"))
@@ -200,13 +235,27 @@ class _Score:
 
 # --------------------------------------------------------------------------------------------- evaluate
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, batch_size: int = 1000, device: str | torch.device | None = None) -> Metrics:
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    batch_size: int = 1000,
+    device: str | torch.device | None = None,
+    *,
+    distributed: bool = False,
+) -> Metrics:
     """Mean loss and accuracy of ``model`` on ``data`` (an ``(x, y)`` pair), in eval mode; the mode is restored.
 
     Classification (int64 ``y``): cross-entropy and top-1 accuracy. Regression (float ``y``): the MSE (mean
     over samples and outputs) and, as ``accuracy``, R² — higher is better, so model selection works unchanged.
+
+    ``distributed=True`` (a collective: every rank must call it): each rank evaluates a contiguous share of
+    ``data`` and the sums are combined, so every rank returns the metrics of the whole of ``data``. Pass the
+    plain module, not its DDP wrapper.
     """
     x, y = _tensors(data)
+    if distributed:
+        lo, hi = dist_mod.shard_bounds(len(x), dist_mod.rank(), dist_mod.world_size())
+        x, y = x[lo:hi], y[lo:hi]
     dev = resolve_device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
@@ -218,6 +267,8 @@ def evaluate(model: nn.Module, data: Any, batch_size: int = 1000, device: str | 
             score.add(out, yb, float(_loss(out, yb)) * len(yb))
     finally:
         model.train(was_training)
+    if distributed:
+        return _Score.merged(dist_mod.gather_objects(score.state()))
     return score.metrics()
 
 
@@ -243,6 +294,7 @@ def train_epochs(
     on_step: Callable[[StepInfo], Any] | None = None,
     on_epoch: Callable[[EpochInfo], Any] | None = None,
     device: str | torch.device | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (an ``(x, y)`` pair, e.g. ``DataSplits.train``) for ``epochs`` epochs.
 
@@ -256,6 +308,14 @@ def train_epochs(
     they are already there. On any exception, including KeyboardInterrupt, ``after_step`` is still run for a
     step the optimiser has taken, so masks hold; the weights are those of mid-epoch and the caller should
     restore its last checkpoint. The model is left in train mode.
+
+    ``distributed=True`` (every rank calls it with the same arguments; see the module docstring): DDP training
+    on each rank's share of every global batch of ``config.batch_size``. Every rank must pass the same ``seed``
+    (or equally seeded generators), since all draw the same permutation. ``EpochInfo`` holds the whole
+    epoch's loss and accuracy (summed over ranks); ``StepInfo.loss`` is this rank's share of the batch. At the end
+    of each epoch rank 0's buffers (BatchNorm statistics) are copied to all, so evaluation agrees across ranks.
+    A global batch with fewer than two examples per rank is skipped (BatchNorm cannot train on one), so only a
+    last batch of 2 … 2N−1 examples makes an epoch differ from a single process's.
     """
     cfg = config or TrainConfig()
     if epochs < 0:
@@ -269,6 +329,8 @@ def train_epochs(
         x, y = x.to(dev), y.to(dev)  # small data sets: one copy up front beats one per batch
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
+    world, rank = (dist_mod.world_size(), dist_mod.rank()) if distributed else (1, 0)
+    net = dist_mod.wrap_ddp(model, dev) if distributed else model  # the same parameters, with gradient all-reduce
     result = TrainResult()
     start = time.perf_counter()
     model.train()
@@ -287,12 +349,27 @@ def train_epochs(
                 idx = perm[i : i + cfg.batch_size]
                 if len(idx) < 2 and n > 1:
                     continue
+                if distributed and len(idx) < 2 * world:
+                    continue  # a share of one example: BatchNorm cannot train on it (as above)
                 xb, yb = x[idx], y[idx]
                 if cfg.augment == "crop_flip":
+                    # Drawn for the whole global batch on every rank, so generators stay in step and each
+                    # example gets the crop it would get in one process.
                     xb = augment_crop_flip(xb, gen)
+                if distributed:
+                    n_global = len(idx)
+                    xb, yb = dist_mod.batch_share(xb, rank, world), dist_mod.batch_share(yb, rank, world)
                 opt.zero_grad(set_to_none=True)
-                out = model(xb)
-                loss = _loss(out, yb)
+                out = net(xb)
+                if distributed:
+                    loss_sum = _loss(out, yb, "sum")
+                    per_example = out[0].numel() if not _is_classification(yb) else 1  # MSE: mean over outputs too
+                    # DDP averages over ranks; scaling by world/n_global makes that average the global batch's
+                    # mean-loss gradient, exactly, even when the ranks' shares differ in size.
+                    loss = loss_sum * (world / (n_global * per_example))
+                    loss_value = float(loss_sum.detach()) / (len(yb) * per_example)
+                else:
+                    loss = _loss(out, yb)
                 loss.backward()
                 if before_step is not None:
                     before_step()
@@ -303,12 +380,17 @@ def train_epochs(
                 if after_step is not None:
                     after_step()
                     pending_after = False
-                loss_value = float(loss.detach())
+                if not distributed:
+                    loss_value = float(loss.detach())
                 score.add(out.detach(), yb, loss_value * len(yb))
                 if on_step is not None:
                     on_step(StepInfo(epoch, step, loss_value, lr))
                 step += 1
-            m = score.metrics()
+            if distributed:
+                dist_mod.broadcast_buffers(model)
+                m = _Score.merged(dist_mod.gather_objects(score.state()))
+            else:
+                m = score.metrics()
             info = EpochInfo(epoch, m.loss, m.accuracy, lr, time.perf_counter() - t0)
             result.epochs.append(info)
             if on_epoch is not None:
@@ -316,6 +398,7 @@ def train_epochs(
     finally:
         if pending_after and after_step is not None:
             after_step()
+        del net  # drop DDP's gradient hooks now: the next round wraps the model afresh
         result.steps = step
         result.seconds = time.perf_counter() - start
     return result
