@@ -133,8 +133,11 @@ def test_a_run_records_every_round(reference: dict) -> None:
         assert set(r["layers"]) == {"1.weight", "3.weight", "5.weight"}
         assert all(set(v) == {"pqi", "gini", "density"} for v in r["layers"].values())
         assert all(r[k] is not None and r[k] >= 0 for k in TIMING)
-    for r in rounds[1:]:
+    assert rounds[0]["pruned_pqi"] is None
+    for prev, r in zip(rounds, rounds[1:]):
         assert 0 <= r["pruned_test_accuracy"] <= 1
+        # Pruning the smallest magnitudes evens out the survivors: their PQI falls below the trained model's.
+        assert 0 < r["pruned_pqi"] < prev["pqi"]
     # Units: one global unit per pruning step (rounds 0..T-1), none after the last round; SAP(0.5,1) prunes
     # the PQI fraction of the survivors, so the next density follows from the records.
     units = reference["units"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pqprune import store as store_module
 from pqprune.store import ROUND_COLUMNS, SCHEMA_VERSION, Store, StoreError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "database.md"
@@ -148,6 +149,27 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
         Store(path)
+
+
+def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    v1_schema = store_module._SCHEMA.replace("    pruned_pqi           REAL,\n", "")
+    assert v1_schema != store_module._SCHEMA
+    conn.executescript(v1_schema)
+    conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    conn.execute("INSERT INTO runs VALUES ('r1', 'h', 'finished', '{}', 'now', 'now', 1.0, NULL)")
+    conn.execute("INSERT INTO rounds (run_id, round, density, pqi) VALUES ('r1', 0, 1.0, 0.15)")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        (row,) = s.rounds("r1")
+        assert row["density"] == 1.0 and row["pqi"] == 0.15 and row["pruned_pqi"] is None
+        s.record_round("r1", 1, {**_metrics(1), "pruned_pqi": 0.07}, [])
+        assert s.rounds("r1")[1]["pruned_pqi"] == 0.07
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    conn.close()
 
 
 def _writer(path: str, run_id: str, n_rounds: int, n_units: int, start: "mp.synchronize.Event") -> None:

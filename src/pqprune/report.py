@@ -577,7 +577,7 @@ def fig_differences(g: Group) -> Any:
     for m in g.methods:
         x = _rounds_x(m)
         # The pruned model's PQI needs the column ``pruned_pqi``; older databases lack it (see docs/report.md).
-        if any("pruned_pqi" in r for rs in m.rounds for r in rs):
+        if any(r.get("pruned_pqi") is not None for rs in m.rounds for r in rs):
             have_pruned_pqi = True
             _band(ax_pqi, x, _diff(m, "pqi", "pruned_pqi"), m.label)
         _band(ax_acc, x, _diff(m, "test_accuracy", "pruned_test_accuracy"), m.label, scale=100)

@@ -25,7 +25,7 @@ Schema, version 1 (``docs/database.md`` has example queries)::
       density,                                           -- surviving fraction of prunable weights (mask m_t)
       test_accuracy, test_loss, val_accuracy, val_loss,  -- the retrained model of the round (best epoch)
       pruned_test_accuracy, pruned_val_accuracy,         -- the previous round's trained weights under m_t,
-                                                         -- before retraining (NULL in round 0)
+      pruned_pqi,                                        -- before retraining (NULL in round 0); PQI I_{0.5,1}
       pqi, gini,                                         -- global PQI I_{0.5,1} (the default pair) and Gini
                                                          -- of the retrained weights' survivors
       best_epoch,                                        -- the epoch kept (by val or test accuracy)
@@ -51,7 +51,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Statements that take a database of version v to v + 1; applied in order when an older database is opened.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE rounds ADD COLUMN pruned_pqi REAL",),
+}
 DEFAULT_DB = Path("runs") / "pqprune.db"
 STATUSES = ("running", "finished", "failed", "interrupted")
 # A writer waits this long for another writer's lock before giving up; a sweep's rounds take milliseconds to
@@ -66,6 +70,7 @@ ROUND_COLUMNS: tuple[str, ...] = (
     "val_loss",
     "pruned_test_accuracy",
     "pruned_val_accuracy",
+    "pruned_pqi",
     "pqi",
     "gini",
     "best_epoch",
@@ -99,6 +104,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     val_loss             REAL,
     pruned_test_accuracy REAL,
     pruned_val_accuracy  REAL,
+    pruned_pqi           REAL,
     pqi                  REAL,
     gini                 REAL,
     best_epoch           INTEGER,
@@ -231,11 +237,18 @@ class Store:
             rows = conn.execute("SELECT version FROM schema_version").fetchall()
             if not rows:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif rows[0][0] != SCHEMA_VERSION:
+                return
+            version = rows[0][0]
+            if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path}: results database of schema version {rows[0][0]}, this pqprune reads version "
-                    f"{SCHEMA_VERSION}; use another --db file"
+                    f"{self.path}: results database of schema version {version}, newer than this pqprune reads "
+                    f"({SCHEMA_VERSION}); upgrade pqprune or use another --db file"
                 )
+            # Older databases are upgraded in the same transaction: all steps or none.
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _MIGRATIONS[v]:
+                    conn.execute(stmt)
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     # ------------------------------------------------------------------------------------------- runs
     def start_run(self, run_id: str, run_hash: str, settings: Mapping[str, Any]) -> None:
