@@ -757,16 +757,13 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 def _export_source(source: str, masks_path: str | None) -> tuple[dict, dict, dict | None, str]:
     """(state dict, masks, run settings or None, description) of a state-dict file or a run directory.
 
-    A run directory (runs/<run_id>, written by pqprune.experiment) gives its last round's checkpoint: the model's
-    weights of that round (``model/…``) and the masks of the pruner's state (``pruner/masks/…``), which for an
-    unfinished run may already be those of the next round; the masks are applied either way.
+    A run directory (runs/<run_id>) gives its last round's checkpoint (``RunDir.last_checkpoint``).
     """
-    import json
     from pathlib import Path
 
     import torch
 
-    from pqprune.files import FileFormatError, load_state_dict
+    from pqprune.files import load_state_dict
     from pqprune.sparsity import is_prunable_entry
 
     path = Path(source)
@@ -776,23 +773,11 @@ def _export_source(source: str, masks_path: str | None) -> tuple[dict, dict, dic
         if masks_path is not None:
             fail("--masks is for a state-dict file; a run directory carries its own masks")
         rd = RunDir(path.parent, path.name)
-        rounds = [t for t in rd.finished_rounds() if rd.tensors(t).exists()]
-        if not rounds:
+        last = rd.last_checkpoint()
+        if last is None:
             fail(f"{path}: not a run directory with a round checkpoint (round_XXX.json + round_XXX.safetensors)")
-        t = rounds[-1]
-        doc = rd.read_round(t)
-        tensors = load_state_dict(rd.tensors(t))
-        state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        skeleton = (doc.get("pruner") or {}).get("masks") or {}
-        try:
-            masks = {name: tensors[leaf["__tensor__"]] for name, leaf in skeleton.items()}
-        except (KeyError, TypeError) as err:
-            raise FileFormatError(f"{rd.tensors(t)}: masks named in {rd.json(t)} are missing ({err})") from err
-        try:
-            settings = json.loads((path / "settings.json").read_text())["settings"]
-        except (OSError, ValueError, KeyError):
-            settings = None
-        return state, masks, settings, f"run {path.name}, round {t}"
+        t, state, masks = last
+        return state, masks, rd.settings(), f"run {path.name}, round {t}"
     state = load_state_dict(source)
     if masks_path is not None:
         masks = _load_masks_file(masks_path)

@@ -561,6 +561,33 @@ class RunDir:
             raise FileFormatError(f"{path}: not a pqprune round checkpoint of version <= {CHECKPOINT_VERSION}")
         return doc
 
+    def last_checkpoint(self) -> tuple[int, dict[str, Tensor], dict[str, Tensor]] | None:
+        """(round, model weights, masks) of the last complete round that kept its tensors; None if there is none.
+
+        The masks are the pruner's after that round's pruning step, so for an unfinished run they may already be
+        those of the next round; they always fit the weights (pruning only removes).
+        """
+        rounds = [t for t in self.finished_rounds() if self.tensors(t).exists()]
+        if not rounds:
+            return None
+        t = rounds[-1]
+        doc = self.read_round(t)
+        tensors = load_state_dict(self.tensors(t))
+        state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        skeleton = (doc.get("pruner") or {}).get("masks") or {}
+        try:
+            masks = {name: tensors[leaf["__tensor__"]] for name, leaf in skeleton.items()}
+        except (KeyError, TypeError) as err:
+            raise FileFormatError(f"{self.tensors(t)}: masks named in {self.json(t)} are missing ({err})") from err
+        return t, state, masks
+
+    def settings(self) -> dict[str, Any] | None:
+        """The run's settings as saved in ``settings.json``; None when missing or unreadable."""
+        try:
+            return json.loads((self.path / "settings.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
 
 def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], pruner_state: Mapping[str, Any]) -> Any:
     """Write the round's tensors atomically (model weights, masks, pruner state); returns the pruner's skeleton.
