@@ -213,8 +213,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             "weights": weights, "ref": list(ev_ref), "ddp": list(ev_ddp), "mismatch": mismatch, "peer": peer,
             "bn": bn[1].running_mean.tolist(),
         }))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    else:
+        distributed.close()
 
 
 def test_ddp_training_equals_one_process_in_a_real_gloo_group(tmp_path: Path) -> None:

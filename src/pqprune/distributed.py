@@ -131,8 +131,22 @@ def session(device: torch.device) -> Iterator[Context]:
     dist.init_process_group(backend=backend)  # env:// rendezvous: MASTER_ADDR/PORT from torchrun
     try:
         yield _context(backend, device)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    else:
+        close()
+
+
+def close() -> None:
+    """Leave the process group once every rank is done with it.
+
+    A broadcast's source may return before its peers have read the data; tearing the group down under them makes
+    gloo abort the process ("terminate called without an active exception", seen in the 2-process test). So the
+    ranks meet at a barrier first.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _context(backend: str, device: torch.device) -> Context:
