@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from pqprune.export import save_sparse, shrink
+from pqprune.export import pruned_copy, save_sparse, shrink
 from pqprune.models import build_model
 from pqprune.select import magnitude_scores, select_prune
 
@@ -81,14 +81,7 @@ def neuron_masks(model: nn.Sequential, density: float) -> dict[str, Tensor]:
 
 
 def masked(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
-    import copy
-
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        for n, p in out.named_parameters():
-            if n in masks:
-                p.mul_(masks[n])
-    return out.eval()
+    return pruned_copy(model, masks).eval()
 
 
 @torch.inference_mode()

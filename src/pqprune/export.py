@@ -78,6 +78,25 @@ def apply_masks(state: Mapping[str, Tensor], masks: MaskLike) -> dict[str, Tenso
     return out
 
 
+def pruned_copy(model: nn.Module, masks: MaskLike) -> nn.Module:
+    """A CPU copy of ``model`` with masked-out parameter entries set to 0; ``model`` is not changed.
+
+    Masks naming parameters the model does not have, or of the wrong shape, raise ``ValueError``.
+    """
+    mk = _mask_dict(masks)
+    work = copy.deepcopy(model).cpu()
+    params = dict(work.named_parameters())
+    unknown = sorted(set(mk) - set(params))
+    if unknown:
+        raise ValueError(f"masks name parameters the model does not have: {unknown}")
+    with torch.no_grad():
+        for name, m in mk.items():
+            if m.shape != params[name].shape:
+                raise ValueError(f"mask for {name!r} has shape {tuple(m.shape)}, the parameter has {tuple(params[name].shape)}")
+            params[name].masked_fill_(~m, 0)
+    return work
+
+
 def check_pruned(masks: MaskLike) -> None:
     """Raise ``ValueError`` when the masks prune nothing: exporting an unpruned model is a user error."""
     mk = _mask_dict(masks)
@@ -453,17 +472,7 @@ def shrink(model: nn.Module, masks: MaskLike = None) -> nn.Module:
             f"cannot shrink a {type(model).__name__}: shrink needs an nn.Sequential chain of Linear / Conv / BatchNorm "
             "layers (a custom forward(), e.g. with residual connections, cannot be traced safely)"
         )
-    mk = _mask_dict(masks)
-    work = copy.deepcopy(model).cpu()
-    params = dict(work.named_parameters())
-    unknown = sorted(set(mk) - set(params))
-    if unknown:
-        raise ValueError(f"masks name parameters the model does not have: {unknown}")
-    with torch.no_grad():
-        for name, m in mk.items():
-            if m.shape != params[name].shape:
-                raise ValueError(f"mask for {name!r} has shape {tuple(m.shape)}, the parameter has {tuple(params[name].shape)}")
-            params[name].masked_fill_(~m, 0)
+    work = pruned_copy(model, masks)
     leaves = _leaves(work)
     weighted = [i for i, (_n, mod) in enumerate(leaves) if isinstance(mod, _WEIGHTED)]
     for i in weighted:
