@@ -4,7 +4,8 @@ Workloads: a ResNet18-shaped set of random weights (ImageNet shapes, 11.7M weigh
 matrices. Everything in one run, on the same tensors, best of a few repetitions:
 
   (a) one read of all weights (a sum per tensor) — the floor;
-  (b) PQI for the default pair (0.5, 1) at the three scopes: one ``power_sums`` pass + three reductions;
+  (b) PQI for the default pair (0.5, 1) at the three scopes: one ``power_sums`` pass, three reductions and one
+      vectorised ``pq_from_sums`` per scope (what ``pqprune analyze`` does);
   (c) the paper's grid p ∈ {0.1,…,1.0} × q ∈ {1.0,…,2.0} (p < q: 109 pairs) at the three scopes, one
       ``pq_index_grid`` call per scope;
   (d) the same grid the straightforward way (as the paper's code): one ``torch.linalg.vector_norm`` per
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from pqprune.sparsity import GLOBAL, pq_from_sums, pq_index_grid, power_sums, reduce_scope
+from pqprune.sparsity import GLOBAL, map_units, pq_from_sums, pq_index_grid, power_sums, reduce_scope
 
 Weights = dict[str, torch.Tensor]
 GRID = [(round(p / 10, 1), round(1 + q / 10, 1)) for p in range(1, 11) for q in range(0, 11)]
@@ -69,7 +70,7 @@ def floor_read(ws: Weights) -> None:
 def pqi_three_scopes(ws: Weights, p: float = 0.5, q: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
     rows = power_sums(ws, (p, q))
     return {
-        s: {n: pq_from_sums(u.count, u.sums[p], u.sums[q], p, q) for n, u in reduce_scope(rows, s).items()}
+        s: map_units(reduce_scope(rows, s), lambda u: pq_from_sums(u.count, u.sums[p], u.sums[q], p, q))
         for s in SCOPES
     }
 

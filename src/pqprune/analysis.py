@@ -89,7 +89,7 @@ def analyze(
     def pqi(u: sparsity.RowStats) -> Tensor:
         return sparsity.pq_from_sums(u.count, u.sums[p], u.sums[q], p, q)
 
-    layer_pqi = {n: float(pqi(u)[0]) for n, u in layer_units.items()}
+    layer_pqi = {n: float(v[0]) for n, v in sparsity.map_units(layer_units, pqi).items()}
     global_pqi = float(pqi(global_unit)[0])
     layer_gini = sparsity.gini(weights, "layer", matched)
     global_gini = sparsity.gini(weights, "global", matched)

@@ -640,7 +640,8 @@ def _measure(model: nn.Module, masks: Mapping[str, Tensor], p: float, q: float, 
     stats = sparsity.power_sums(model, (p, q), masks)
     def pqi(scope: str) -> dict[str, float]:
         units = sparsity.reduce_scope(stats, scope)  # type: ignore[arg-type]
-        return {n: float(sparsity.pq_from_sums(u.count, u.sums[p], u.sums[q], p, q)[0]) for n, u in units.items()}
+        values = sparsity.map_units(units, lambda u: sparsity.pq_from_sums(u.count, u.sums[p], u.sums[q], p, q))
+        return {n: float(v[0]) for n, v in values.items()}
     layer_pqi = pqi("layer")
     layer_gini = sparsity.gini(model, "layer", masks)
     layers = {

@@ -33,7 +33,7 @@ from pqprune.sparsity import (
     check_scope,
     pq_from_sums,
     reduce_scope,
-    row_power_sums,
+    power_sums_of,
     sap_prune_count,
 )
 
@@ -69,8 +69,7 @@ class Plan:
 # --------------------------------------------------------------------------------------------- unit helpers
 def unit_stats(weights: Weights, masks: Masks, scope: Scope, exponents: Sequence[float]) -> dict[str, RowStats]:
     """Survivor counts and float64 power sums per unit, from one read of the weights."""
-    rows = {n: row_power_sums(w, exponents, masks.get(n), name=n) for n, w in weights.items()}
-    return reduce_scope(rows, scope)
+    return reduce_scope(power_sums_of(weights, exponents, masks), scope)
 
 
 def unit_sizes(weights: Weights, scope: Scope) -> dict[str, Tensor]:
