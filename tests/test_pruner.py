@@ -162,6 +162,65 @@ def test_optimizers_never_revive_pruned_weights(opt_name):
     assert any((p.detach()[~pr.masks[n]] != 0).any() for n, p in pr.maskset.params().items())
 
 
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-3, nesterov=True),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=1e-3, amsgrad=True),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+}
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_skipping_gradient_masks_changes_nothing_for_elementwise_optimizers(opt_name):
+    """wrap() masks gradients only for optimizers that are not element-wise: for these, the model is the same
+    bit for bit with or without the gradient pass, over training and pruning rounds."""
+    runs = []
+    for mask_grads in (None, True):
+        torch.manual_seed(0)
+        model = cnn()
+        pr = Pruner(model, LotteryTicket(0.4), scope="layer")
+        opt = pr.wrap(OPTIMIZERS[opt_name](model.parameters()), mask_grads=mask_grads)
+        for rnd in range(3):
+            _train(model, opt, MODELS["cnn"][1], steps=4, seed=rnd, pruner=pr)
+            pr.step()
+        _train(model, opt, MODELS["cnn"][1], steps=4, seed=7, pruner=pr)
+        grads_masked = all((p.grad[~pr.masks[n]] == 0).all() for n, p in pr.maskset.params().items())
+        runs.append((model.state_dict(), grads_masked))
+    (skipped, skipped_masked), (full, full_masked) = runs
+    assert full_masked and not skipped_masked  # the pass really was skipped, and really runs when asked
+    assert all(torch.equal(skipped[k], full[k]) for k in full)
+
+
+def test_gradients_are_masked_for_unknown_optimizers():
+    class ScaledSGD(torch.optim.SGD):  # a subclass may couple entries: not trusted to be element-wise
+        pass
+
+    torch.manual_seed(0)
+    model = mlp()
+    pr = Pruner(model, LotteryTicket(0.5), scope="layer")
+    pr.step()
+    opt = pr.wrap(ScaledSGD(model.parameters(), lr=0.1, momentum=0.9))
+    _train(model, opt, MODELS["mlp"][1], steps=3, seed=0, pruner=pr)
+    assert all((p.grad[~pr.masks[n]] == 0).all() for n, p in pr.maskset.params().items())
+    sgd = pr.wrap(torch.optim.SGD(model.parameters(), lr=0.1), mask_grads=True)
+    pr.wrap(sgd)  # wrapping again replaces the earlier hooks: no gradient pass any more
+    _train(model, sgd, MODELS["mlp"][1], steps=1, seed=1, pruner=pr)
+    assert any((p.grad[~pr.masks[n]] != 0).any() for n, p in pr.maskset.params().items())
+
+
+def test_enforce_follows_parameters_to_new_storage():
+    """The cached detached views are rebuilt when a parameter's storage changes (load_state_dict(assign=True))."""
+    torch.manual_seed(0)
+    model = mlp()
+    pr = Pruner(model, LotteryTicket(0.5), scope="layer")
+    pr.step()
+    fresh = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    model.load_state_dict(fresh, assign=True)
+    pr.enforce()
+    _assert_pruned_zero(pr)
+    assert any((p.detach()[pr.masks[n]] != 0).any() for n, p in pr.maskset.params().items())
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_models_prune_train_rewind(name):
     make, shape = MODELS[name]

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -124,6 +125,15 @@ class Density:
         return {**asdict(self), "density": self.density, "nonzero_density": self.nonzero_density}
 
 
+class _Hot(NamedTuple):
+    """What :meth:`MaskSet.enforce` needs each step: parameters with pruned entries, detached views, masks."""
+
+    params: list[nn.Parameter]
+    views: list[Tensor]
+    mults: list[Tensor]
+    slots: list[tuple[nn.Module, str]]  # (owning module, attribute): a replaced Parameter invalidates the cache
+
+
 class MaskSet:
     """Bool masks over the prunable parameters of a model (True = survives); see :func:`discover`.
 
@@ -144,7 +154,7 @@ class MaskSet:
         self.names: list[str] = list(params)
         self._masks: dict[str, Tensor] = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
         self._dense: set[str] = set(self.names)  # nothing pruned: enforce() skips these
-        self._cache: tuple[list[nn.Parameter], list[Tensor]] | None = None
+        self._cache: _Hot | None = None
 
     # ------------------------------------------------------------------ access
     def params(self) -> dict[str, nn.Parameter]:
@@ -223,16 +233,21 @@ class MaskSet:
         return {n: m for n, m in self._masks.items() if n not in self._dense}
 
     # ------------------------------------------------------------------ enforcing
-    def _hot(self) -> tuple[list[nn.Parameter], list[Tensor]]:
-        """Parameters with pruned entries, and their masks as multipliers for ``torch._foreach_mul_``.
+    def _hot(self) -> _Hot:
+        """Parameters with pruned entries, detached views of them, and their masks as multipliers.
 
         Measured: multiplying by a bool mask is ~3-5x slower than by a float one; a uint8 *view* of the bool
-        mask costs no memory and is as fast as float on large tensors, but ~2x slower on small ones (where
+        mask costs no memory and is as fast as float on large tensors, but ~3x slower on small ones (where
         per-call overhead dominates). So small tensors get a cached float copy, large ones the free view.
-        This runs around every optimizer step.
+        The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs a
+        step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
+        (``load_state_dict(assign=True)``) or its storage moved (``model.to(...)``).
         """
         cache = self._cache
-        if cache is not None and all(p.device == m.device and (m.dtype in (p.dtype, torch.uint8)) for p, m in zip(*cache)):
+        if cache is not None and all(
+            owner._parameters.get(leaf) is p and p.data_ptr() == v.data_ptr()
+            for (owner, leaf), p, v in zip(cache.slots, cache.params, cache.views)
+        ):
             return cache
         params = self.params()
         names = [n for n in self.names if n not in self._dense]
@@ -241,21 +256,26 @@ class MaskSet:
         for n, p in zip(names, ps):
             m = self._masks[n].to(p.device)
             mults.append(m.to(p.dtype) if m.numel() < _FLOAT_MASK_MAX else m.view(torch.uint8))
-        self._cache = (ps, mults)
+        slots = [(self.model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names]
+        self._cache = _Hot(ps, [p.detach() for p in ps], mults, slots)
         return self._cache
 
-    @torch.no_grad()
     def enforce(self) -> None:
         """Set pruned weights to exactly 0."""
-        ps, ms = self._hot()
-        if ps:
-            torch._foreach_mul_(ps, ms)
+        hot = self._hot()
+        if not hot.views:
+            return
+        if hot.views[0].device.type == "cpu":
+            for v, m in zip(hot.views, hot.mults):  # on CPU a plain loop beats _foreach_mul_ (27 vs 33 µs, MLP)
+                v.mul_(m)
+        else:
+            torch._foreach_mul_(hot.views, hot.mults)  # one kernel launch on accelerators
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Set the gradients of pruned weights to 0 (before the optimizer reads them)."""
-        ps, ms = self._hot()
-        pairs = [(p.grad, m) for p, m in zip(ps, ms) if p.grad is not None]
+        hot = self._hot()
+        pairs = [(p.grad, m) for p, m in zip(hot.params, hot.mults) if p.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 

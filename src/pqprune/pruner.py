@@ -27,6 +27,12 @@ from pqprune.methods import Method, UnitRecord
 from pqprune.select import select_prune
 
 STATE_VERSION = 1
+# Optimizers whose update of an entry is a function of that entry's gradient, state and value alone (plus
+# scalars): for them, masked gradients and a zeroed weight after the step give the same model as masking both.
+_ELEMENTWISE = frozenset({
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+})
 
 
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -141,16 +147,26 @@ class Pruner:
         self.enforce()
 
     # ------------------------------------------------------------------ optimizers
-    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Mask gradients before and zero pruned weights after every ``optimizer.step()``; returns ``optimizer``.
+    def wrap(self, optimizer: torch.optim.Optimizer, mask_grads: bool | None = None) -> torch.optim.Optimizer:
+        """Zero pruned weights after every ``optimizer.step()`` (and mask gradients before it); returns ``optimizer``.
 
         Uses the optimizer's step hooks (not forward hooks), so the model is untouched. Together with the
-        state masking in :meth:`step`, pruned weights stay exactly 0 under SGD with momentum and weight decay,
-        Adam and AdamW. Wrapping twice is a no-op; :meth:`unwrap` removes the hooks.
+        state masking in :meth:`step`, pruned weights are exactly 0 after every step, whatever the optimizer.
+
+        ``mask_grads``: zero the gradients of pruned weights before each step. By default (``None``) this is
+        done only for optimizers not known to be element-wise: for SGD, Adam, AdamW, Adamax, NAdam, RAdam,
+        RMSprop, Adagrad and Adadelta (exactly these classes) the update of a surviving weight depends on its own
+        gradient and state alone, so masking pruned gradients cannot change it, and the pruned weights a step
+        moves are zeroed right after it. Skipping that pass halves the masking cost (measured +15% → +7% on a
+        small MLP step, ``bench/bench_prune.py``). Pass ``True`` to mask them anyway, e.g. to read gradient
+        norms of the survivors after the step. Wrapping again replaces the earlier wrapping;
+        :meth:`unwrap` removes the hooks.
         """
-        if id(optimizer) in self._wrapped and self._wrapped[id(optimizer)][0]() is optimizer:
-            return optimizer
-        pre = optimizer.register_step_pre_hook(self._pre_step)
+        grads = type(optimizer) not in _ELEMENTWISE if mask_grads is None else bool(mask_grads)
+        entry = self._wrapped.get(id(optimizer))
+        if entry is not None and entry[0]() is optimizer:
+            self.unwrap(optimizer)
+        pre = optimizer.register_step_pre_hook(self._pre_step) if grads else None
         post = optimizer.register_step_post_hook(self._post_step)
         self._wrapped[id(optimizer)] = (weakref.ref(optimizer), pre, post)
         self.maskset.mask_optimizer_state(optimizer)
@@ -160,8 +176,9 @@ class Pruner:
         """Remove the hooks :meth:`wrap` added."""
         entry = self._wrapped.pop(id(optimizer), None)
         if entry is not None:
-            entry[1].remove()
-            entry[2].remove()
+            for handle in entry[1:]:
+                if handle is not None:
+                    handle.remove()
         return optimizer
 
     def _pre_step(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
