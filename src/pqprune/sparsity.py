@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune import fused_sums
+from pqprune import cpu_kernels
 
 Scope = Literal["global", "layer", "neuron"]
 SCOPES: tuple[str, ...] = ("global", "layer", "neuron")
@@ -265,19 +265,19 @@ def power_sums_of(
     (float32 at least; float16/bfloat16 are widened) and block sums are accumulated in float64, so a 100M-entry
     tensor agrees with a float64 computation to ~1e-7 relative error (a float32 norm over the whole tensor is
     off by tens of percent: design.md, Numerics). Contiguous float32 CPU tensors, with exponents among 0.5, 1
-    and 2, go through the fused kernel of :mod:`pqprune.fused_sums` when there are at least
-    ``fused_sums.MIN_NUMEL`` such entries: same numerics, one pass, all tensors in one parallel call. Raises
+    and 2, go through the fused kernel of :mod:`pqprune.cpu_kernels` when there are at least
+    ``cpu_kernels.MIN_NUMEL`` such entries: same numerics, one pass, all tensors in one parallel call. Raises
     ``ValueError`` naming the tensor if a surviving entry is NaN or infinite.
     """
     exps = _check_exponents(exponents)
     masks = masks or {}
     rows = {n: (as_rows(w), None if masks.get(n) is None else as_rows(masks[n])) for n, w in weights.items()}
-    fusable = [n for n, (r, m) in rows.items() if fused_sums.usable(r, m, exps)]
-    if sum(rows[n][0].numel() for n in fusable) < fused_sums.MIN_NUMEL:
+    fusable = [n for n, (r, m) in rows.items() if cpu_kernels.usable(r, m, exps)]
+    if sum(rows[n][0].numel() for n in fusable) < cpu_kernels.MIN_NUMEL:
         fusable = []
     out: dict[str, RowStats] = {}
     if fusable:
-        fused = fused_sums.row_power_sums([rows[n] for n in fusable])
+        fused = cpu_kernels.row_power_sums([rows[n] for n in fusable])
         units = UnitStats(fusable, fused.rows, RowStats(fused.count, {s: fused.sums[s] for s in exps}))
         if len(fusable) == len(rows) and all(fused.finite):
             return units  # the common case: no per-tensor split, formulas run on the concatenation

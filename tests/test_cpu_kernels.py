@@ -1,4 +1,4 @@
-"""The fused power-sum kernel (pqprune.fused_sums) against the PyTorch path and float64 references."""
+"""The fused power-sum kernel (pqprune.cpu_kernels) against the PyTorch path and float64 references."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pqprune import fused_sums, sparsity
+from pqprune import cpu_kernels, sparsity
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -23,7 +23,7 @@ def gen(seed: int) -> torch.Generator:
 @contextmanager
 def fused_everywhere():
     """Fused kernel for any size, with tiny blocks so that small tensors exercise row blocks and column slices."""
-    with patch.object(fused_sums, "MIN_NUMEL", 0), patch.object(fused_sums, "_BLOCK", 64):
+    with patch.object(cpu_kernels, "MIN_NUMEL", 0), patch.object(cpu_kernels, "_BLOCK", 64):
         yield
 
 
@@ -34,7 +34,7 @@ def fused_always():
 
 
 def torch_path(weights, exps, masks):
-    with patch.object(fused_sums, "MIN_NUMEL", 1 << 62):
+    with patch.object(cpu_kernels, "MIN_NUMEL", 1 << 62):
         return sparsity.power_sums_of(weights, exps, masks)
 
 
@@ -68,8 +68,8 @@ def test_fused_equals_torch_path_and_float64(dims, masked, exps, seed):
 
 def test_fused_kernel_is_used_only_where_it_applies(monkeypatch):
     calls = []
-    real = fused_sums.row_power_sums
-    monkeypatch.setattr(fused_sums, "row_power_sums", lambda mats: calls.append(len(mats)) or real(mats))
+    real = cpu_kernels.row_power_sums
+    monkeypatch.setattr(cpu_kernels, "row_power_sums", lambda mats: calls.append(len(mats)) or real(mats))
     big = {"a.weight": torch.randn(600, 500), "b.weight": torch.randn(10, 20)}
     sparsity.power_sums_of(big, (0.5, 1.0))
     assert calls == [2]  # one call for all tensors of a model (small ones ride along)
@@ -145,3 +145,54 @@ def test_forked_child_after_a_parallel_call():
         assert queue.get(timeout=5) == parent
     finally:
         torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------------ masking
+def test_multiply_by_masks_equals_a_float_mask_multiply_bit_for_bit():
+    g = gen(11)
+    weights = [torch.randn(s, generator=g) for s in [(7, 5), (64, 3, 3, 3), (1000,)]]
+    weights[0][0, 0], weights[0][0, 1], weights[1][0, 0, 0, 0] = float("nan"), -2.5, float("inf")
+    masks = [torch.rand(w.shape, generator=g) < 0.6 for w in weights]
+    masks[0][0, :2] = torch.tensor([False, False])  # a pruned NaN stays NaN (0·NaN), a pruned negative is -0.0
+    expected = [w * m.float() for w, m in zip(weights, masks)]
+    table = cpu_kernels.mask_table(weights, masks)
+    cpu_kernels.multiply_by_masks(table)
+    for got, want in zip(weights, expected):
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+        assert torch.equal(got.signbit(), want.signbit())
+
+
+def test_mask_table_refuses_what_the_kernel_cannot_take():
+    w, m = torch.randn(8, 8), torch.rand(8, 8) < 0.5
+    assert cpu_kernels.mask_table([w], [m]) is not None
+    assert cpu_kernels.mask_table([w.double()], [m]) is None
+    assert cpu_kernels.mask_table([w.t()], [m]) is None  # not contiguous
+    assert cpu_kernels.mask_table([w], [m.float()]) is None
+    assert cpu_kernels.mask_table([w], [m[:4]]) is None  # shape mismatch
+    assert cpu_kernels.mask_table([], []) is None
+    with patch.object(cpu_kernels, "MASK_KERNEL_MAX", 63):
+        assert cpu_kernels.mask_table([w], [m]) is None
+
+
+def test_enforce_through_the_kernel_and_through_torch_agree():
+    from torch import nn
+
+    from pqprune import LotteryTicket, Pruner
+
+    results = []
+    for limit in (cpu_kernels.MASK_KERNEL_MAX, 0):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
+        pr = Pruner(model, LotteryTicket(0.3), scope="layer")
+        pr.step()
+        with patch.object(cpu_kernels, "MASK_KERNEL_MAX", limit):
+            pr.maskset._cache = None
+            assert (pr.maskset._hot().table is not None) == (limit > 0)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)  # revive everything, then re-zero
+            pr.enforce()
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+        assert all((p.detach()[~pr.masks[n]] == 0).all() for n, p in pr.maskset.params().items())
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
