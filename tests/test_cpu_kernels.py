@@ -68,8 +68,8 @@ def test_fused_equals_torch_path_and_float64(dims, masked, exps, seed):
 
 def test_fused_kernel_is_used_only_where_it_applies(monkeypatch):
     calls = []
-    real = cpu_kernels.row_power_sums
-    monkeypatch.setattr(cpu_kernels, "row_power_sums", lambda mats: calls.append(len(mats)) or real(mats))
+    real = cpu_kernels.fused_row_sums
+    monkeypatch.setattr(cpu_kernels, "fused_row_sums", lambda mats: calls.append(len(mats)) or real(mats))
     big = {"a.weight": torch.randn(600, 500), "b.weight": torch.randn(10, 20)}
     sparsity.power_sums_of(big, (0.5, 1.0))
     assert calls == [2]  # one call for all tensors of a model (small ones ride along)

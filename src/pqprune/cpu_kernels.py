@@ -23,8 +23,8 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ def _table(matrices: Sequence[tuple[Tensor, Tensor | None]]) -> tuple[np.ndarray
     return np.array(table, dtype=np.int64).reshape(-1, 6), layout
 
 
-def row_power_sums(matrices: Sequence[tuple[Tensor, Tensor | None]]) -> FusedSums:
+def fused_row_sums(matrices: Sequence[tuple[Tensor, Tensor | None]]) -> FusedSums:
     """Per-row power sums of contiguous float32 CPU matrices with optional bool survivor masks, one pass each.
 
     The matrices are cut into blocks (:func:`_table`); with more than ``_THREADED`` entries the blocks are split

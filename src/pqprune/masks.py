@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from pqprune import cpu_kernels
-
 from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
 from pqprune.sparsity import prunable_weights
 
@@ -245,8 +244,8 @@ class MaskSet:
         mask costs no memory and is as fast as float on large tensors, but ~3x slower on small ones (where
         per-call overhead dominates). So small tensors get a cached float copy, large ones the free view; and
         float32 CPU models of up to 2M masked weights use the Numba kernel of :mod:`pqprune.cpu_kernels`,
-        which reads the bool masks themselves (a quarter of the bytes of float masks). The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs a
-        step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
+        which reads the bool masks themselves (a quarter of the bytes of float masks). The detached views let
+        :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs a step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
         (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``): the kernel's
         table holds addresses.
         """

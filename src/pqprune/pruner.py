@@ -157,8 +157,8 @@ class Pruner:
         done only for optimizers not known to be element-wise: for SGD, Adam, AdamW, Adamax, NAdam, RAdam,
         RMSprop, Adagrad and Adadelta (exactly these classes) the update of a surviving weight depends on its own
         gradient and state alone, so masking pruned gradients cannot change it, and the pruned weights a step
-        moves are zeroed right after it. Skipping that pass halves the masking cost (measured +15% → +7% on a
-        small MLP step, ``bench/bench_prune.py``). Pass ``True`` to mask them anyway, e.g. to read gradient
+        moves are zeroed right after it. Skipping that pass halves the masking cost of a step
+        (``bench/bench_prune.py --only b``). Pass ``True`` to mask them anyway, e.g. to read gradient
         norms of the survivors after the step. Wrapping again replaces the earlier wrapping;
         :meth:`unwrap` removes the hooks.
         """

@@ -277,7 +277,7 @@ def power_sums_of(
         fusable = []
     out: dict[str, RowStats] = {}
     if fusable:
-        fused = cpu_kernels.row_power_sums([rows[n] for n in fusable])
+        fused = cpu_kernels.fused_row_sums([rows[n] for n in fusable])
         units = UnitStats(fusable, fused.rows, RowStats(fused.count, {s: fused.sums[s] for s in exps}))
         if len(fusable) == len(rows) and all(fused.finite):
             return units  # the common case: no per-tensor split, formulas run on the concatenation
