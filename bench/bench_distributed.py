@@ -29,11 +29,11 @@ def worker(workload: str, epochs: int, threads: int) -> dict:
     """Train one workload; prints a JSON line on rank 0. Runs under torchrun or alone."""
     import torch
 
-    from pqprune import data as data_mod
-    from pqprune import distributed
-    from pqprune import models as models_mod
-    from pqprune.pruner import Pruner
-    from pqprune.train import TrainConfig, resolve_device, train_epochs
+    from pqprune.experiment import data as data_mod
+    from pqprune.experiment import distributed
+    from pqprune.experiment import models as models_mod
+    from pqprune.experiment.train import TrainConfig, resolve_device, train_epochs
+    from pqprune.prune.pruner import Pruner
 
     torch.set_num_threads(threads)
     data_name, model_name = WORKLOADS[workload]
@@ -52,9 +52,15 @@ def worker(workload: str, epochs: int, threads: int) -> dict:
         if ctx.active:
             torch.distributed.barrier()
         seconds = time.perf_counter() - t0
-        row = {"workload": workload, "processes": ctx.world_size, "threads": threads,
-               "samples_per_second": epochs * len(splits.train) / seconds, "seconds": seconds,
-               "train_examples": len(splits.train), "epochs": epochs}
+        row = {
+            "workload": workload,
+            "processes": ctx.world_size,
+            "threads": threads,
+            "samples_per_second": epochs * len(splits.train) / seconds,
+            "seconds": seconds,
+            "train_examples": len(splits.train),
+            "epochs": epochs,
+        }
         if ctx.is_main:
             print("RESULT " + json.dumps(row), flush=True)
         return row
@@ -66,13 +72,22 @@ def _launch(workload: str, epochs: int, processes: int, threads: int) -> dict:
     if processes == 1:
         cmd = [sys.executable, me, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), me, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            me,
+            *args,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -89,8 +104,11 @@ def main() -> None:
     for workload in WORKLOADS:
         for processes, threads in ((1, 1), (2, 1), (1, 2)):
             rows.append(_launch(workload, a.epochs, processes, threads))
-            print(f"  measured {workload} {processes}x{threads}: {rows[-1]['samples_per_second']:.0f} samples/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  measured {workload} {processes}x{threads}: {rows[-1]['samples_per_second']:.0f} samples/s",
+                file=sys.stderr,
+                flush=True,
+            )
     if a.json:
         print(json.dumps(rows, indent=2))
         return
@@ -98,8 +116,10 @@ def main() -> None:
     print("| --- | --- | ---: | ---: |")
     for r in rows:
         base = next(b for b in rows if b["workload"] == r["workload"] and b["processes"] == 1 and b["threads"] == 1)
-        print(f"| {r['workload']} | {r['processes']} × {r['threads']} | {r['samples_per_second']:.0f} | "
-              f"{r['samples_per_second'] / base['samples_per_second']:.2f}× |")
+        print(
+            f"| {r['workload']} | {r['processes']} × {r['threads']} | {r['samples_per_second']:.0f} | "
+            f"{r['samples_per_second'] / base['samples_per_second']:.2f}× |"
+        )
 
 
 if __name__ == "__main__":

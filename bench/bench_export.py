@@ -26,9 +26,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from pqprune.export import pruned_copy, save_sparse, shrink
-from pqprune.models import build_model
-from pqprune.select import magnitude_scores, select_prune
+from pqprune.experiment.models import build_model
+from pqprune.export.shrink import shrink
+from pqprune.export.sparse import pruned_copy, save_sparse
+from pqprune.prune.select import magnitude_scores, select_prune
 
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
 MODELS = {"784-128-256-10": dict(hidden=128, scale=2.0), "784-1024-1024-10": dict(hidden=1024, scale=1.0)}
@@ -65,7 +66,11 @@ def neuron_masks(model: nn.Sequential, density: float) -> dict[str, Tensor]:
     total = sum(m.weight.numel() for _, m in lins)
 
     def kept_weights(frac: float) -> float:
-        widths = [lins[0][1].in_features] + [max(1, round(frac * m.out_features)) for _, m in lins[:-1]] + [lins[-1][1].out_features]
+        widths = (
+            [lins[0][1].in_features]
+            + [max(1, round(frac * m.out_features)) for _, m in lins[:-1]]
+            + [lins[-1][1].out_features]
+        )
         return sum(a * b for a, b in zip(widths, widths[1:]))
 
     lo, hi = 0.0, 1.0
@@ -134,8 +139,10 @@ def main() -> None:
                 if name == "shrunk":
                     widths = "-".join(str(m.out_features) for m in net if isinstance(m, nn.Linear))
                     note = f"  widths 784-{widths}"
-                print(f"{label:>17} {d:7.2f} {name:>7} {t[1] * 1e6:13.1f} {t[1] / dense[1]:6.2f} "
-                      f"{t[256] * 1e6:15.1f} {t[256] / dense[256]:6.2f}{note}")
+                print(
+                    f"{label:>17} {d:7.2f} {name:>7} {t[1] * 1e6:13.1f} {t[1] / dense[1]:6.2f} "
+                    f"{t[256] * 1e6:15.1f} {t[256] / dense[256]:6.2f}{note}"
+                )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from collections.abc import Callable
 
 import torch
 
-from pqprune.sparsity import GLOBAL, map_units, pq_from_sums, pq_index_grid, power_sums, reduce_scope
+from pqprune.measure.indices import pq_from_sums, pq_index_grid
+from pqprune.measure.sums import map_units, power_sums, reduce_scope
+from pqprune.measure.weights import GLOBAL
 
 Weights = dict[str, torch.Tensor]
 GRID = [(round(p / 10, 1), round(1 + q / 10, 1)) for p in range(1, 11) for q in range(0, 11)]
@@ -70,8 +72,7 @@ def floor_read(ws: Weights) -> None:
 def pqi_three_scopes(ws: Weights, p: float = 0.5, q: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
     rows = power_sums(ws, (p, q))
     return {
-        s: map_units(reduce_scope(rows, s), lambda u: pq_from_sums(u.count, u.sums[p], u.sums[q], p, q))
-        for s in SCOPES
+        s: map_units(reduce_scope(rows, s), lambda u: pq_from_sums(u.count, u.sums[p], u.sums[q], p, q)) for s in SCOPES
     }
 
 
@@ -82,6 +83,7 @@ def grid_three_scopes(ws: Weights) -> None:
 
 def naive_pair(ws: Weights, flat: torch.Tensor, p: float, q: float) -> None:
     """One pair at three scopes the straightforward way: a norm per exponent, unit set and scope (float32)."""
+
     def index(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         d = x.shape[-1] if dim is not None else x.numel()
         n_p = torch.linalg.vector_norm(x, p, dim=dim)
@@ -117,12 +119,22 @@ def run(name: str, ws: Weights, reps: int, naive_pairs: int) -> dict[str, object
     per_pair = [best_of(lambda pq=pq: naive_pair(ws, flat, *pq), 1) for pq in subset]
     d = statistics.mean(per_pair) * len(GRID)
     ours = float(pqi_three_scopes(ws)["global"][GLOBAL][0])
-    naive_val = float(1 - n ** (1 / 1.0 - 1 / 0.5) * torch.linalg.vector_norm(flat, 0.5) / torch.linalg.vector_norm(flat, 1.0))
+    naive_val = float(
+        1 - n ** (1 / 1.0 - 1 / 0.5) * torch.linalg.vector_norm(flat, 0.5) / torch.linalg.vector_norm(flat, 1.0)
+    )
     ref = float64_reference(ws, 0.5, 1.0)
-    del flat
+
     return {
-        "workload": name, "weights": n, "a": a, "b": b, "c": c, "d": d, "timed": len(subset),
-        "ours": ours, "naive": naive_val, "ref": ref,
+        "workload": name,
+        "weights": n,
+        "a": a,
+        "b": b,
+        "c": c,
+        "d": d,
+        "timed": len(subset),
+        "ours": ours,
+        "naive": naive_val,
+        "ref": ref,
     }
 
 
@@ -145,7 +157,9 @@ def main() -> None:
     del big
 
     print()
-    print("| workload | weights | (a) one read | (b) PQI, 3 scopes | (b)/(a) | (c) grid, 3 scopes | (d) naive grid | (d)/(c) |")
+    print(
+        "| workload | weights | (a) one read | (b) PQI, 3 scopes | (b)/(a) | (c) grid, 3 scopes | (d) naive grid | (d)/(c) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(

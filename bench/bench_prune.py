@@ -92,11 +92,22 @@ def worker(kind: str, total: int) -> dict:
     else:
         raise ValueError(kind)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"kind": kind, "n": n, "seconds": dt, "cpu_seconds": dc, "extra_bytes": peak - before, "weight_bytes": 4 * n, "pruned": pruned, "k": k}
+    return {
+        "kind": kind,
+        "n": n,
+        "seconds": dt,
+        "cpu_seconds": dc,
+        "extra_bytes": peak - before,
+        "weight_bytes": 4 * n,
+        "pruned": pruned,
+        "k": k,
+    }
 
 
 def run_worker(kind: str, total: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", kind, str(total)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, str(total)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -119,20 +130,27 @@ def bench_step(sizes: list[str], skip_sort_at: int) -> list[str]:
                 f"| {label} | {kind} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['cpu_seconds'] / base:.1f}× "
                 f"| {r['extra_bytes'] / r['weight_bytes']:.2f} |"
             )
-        print("\n".join(lines[-len(res):]), flush=True)
+        print("\n".join(lines[-len(res) :]), flush=True)
     return lines
 
 
 # ------------------------------------------------------------------------------------------------ (b)
 def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
 
 
 def _cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
     )
 
 
@@ -142,7 +160,10 @@ def bench_train(reps: int, steps: int) -> list[str]:
     from pqprune import LotteryTicket, Pruner
 
     torch.set_num_threads(1)
-    lines = ["| model | batch | variant | CPU ms/step (median) | vs unmasked (median paired ratio) |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | variant | CPU ms/step (median) | vs unmasked (median paired ratio) |",
+        "|---|---|---|---|---|",
+    ]
     for name, make in (("MLP 784-128-256-10", _mlp), ("CNN 2conv+fc", _cnn)):
         for batch in (64, 256) if name.startswith("MLP") else (64,):
             x = torch.randn(batch, 1, 28, 28)
@@ -162,13 +183,13 @@ def bench_train(reps: int, steps: int) -> list[str]:
             tp_opt = torch.optim.SGD(tp_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             variants = {"unmasked": (model, opt), "pqprune": (model, opt), "torch_prune": (tp_model, tp_opt)}
 
-            def toggle(v: str) -> None:
+            def toggle(v: str, pr=pr, opt=opt) -> None:
                 if v == "pqprune":
                     pr.wrap(opt)
                 else:
                     pr.unwrap(opt)
 
-            def one(model, opt):
+            def one(model, opt, x=x, y=y):
                 # Thread CPU time: with one intra-op thread all work is on this thread, and time spent
                 # descheduled by other jobs on the shared cores is not counted.
                 t = time.thread_time()
@@ -186,7 +207,7 @@ def bench_train(reps: int, steps: int) -> list[str]:
             for r in range(reps):
                 # Interleaved, so drifting load on shared cores hits all variants alike, and in an order rotated
                 # every repetition: whichever variant runs first after another one was measured ~2% slower.
-                for v in order[r % len(order):] + order[: r % len(order)]:
+                for v in order[r % len(order) :] + order[: r % len(order)]:
                     toggle(v)
                     times[v].append(one(*variants[v]))
             for v, ts in times.items():
@@ -214,7 +235,10 @@ def main() -> None:
     if args.only in (None, "a"):
         out += ["(a) one global 20% pruning step", *bench_step(args.sizes.split(","), args.skip_sort_above), ""]
     if args.only in (None, "b"):
-        out += ["(b) one training step, SGD momentum + weight decay, density 0.8", *bench_train(5 if args.quick else 31, 10 if args.quick else 30)]
+        out += [
+            "(b) one training step, SGD momentum + weight decay, density 0.8",
+            *bench_train(5 if args.quick else 31, 10 if args.quick else 30),
+        ]
     print("\n" + "\n".join(out))
 
 

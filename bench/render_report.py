@@ -32,36 +32,44 @@ from pathlib import Path
 # Headless, no GPU, no sandbox (containers run as root), and nothing that phones home on its own, so any network
 # activity seen would come from the page.
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
 )
 PROBE_ID = "pqprune-render-probe"
-PROBE = """<script>
-(function () {
+PROBE = f"""<script>
+(function () {{
   var errors = [];
-  window.addEventListener('error', function (e) { errors.push('error: ' + (e.message || (e.target && (e.target.src || e.target.href)) || e.type)); }, true);
-  window.addEventListener('unhandledrejection', function (e) { errors.push('unhandled rejection: ' + e.reason); });
+  window.addEventListener('error', function (e) {{ errors.push('error: ' + (e.message || (e.target && (e.target.src || e.target.href)) || e.type)); }}, true);
+  window.addEventListener('unhandledrejection', function (e) {{ errors.push('unhandled rejection: ' + e.reason); }});
   var origError = console.error;
-  console.error = function () { errors.push('console.error: ' + Array.prototype.join.call(arguments, ' ')); origError.apply(console, arguments); };
-  window.addEventListener('load', function () {
+  console.error = function () {{ errors.push('console.error: ' + Array.prototype.join.call(arguments, ' ')); origError.apply(console, arguments); }};
+  window.addEventListener('load', function () {{
     var imgs = Array.prototype.slice.call(document.images);
-    var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-    var remote = performance.getEntriesByType('resource').map(function (r) { return r.name; })
-      .filter(function (n) { return !/^(data|file|blob|about):/.test(n); });
+    var ok = imgs.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
+    var remote = performance.getEntriesByType('resource').map(function (r) {{ return r.name; }})
+      .filter(function (n) {{ return !/^(data|file|blob|about):/.test(n); }});
     var pre = document.createElement('pre');
-    pre.id = '%s';
-    pre.textContent = JSON.stringify({images: imgs.length, loaded: ok, errors: errors, remote: remote,
-                                      width: document.documentElement.scrollWidth, viewport: window.innerWidth});
+    pre.id = '{PROBE_ID}';
+    pre.textContent = JSON.stringify({{images: imgs.length, loaded: ok, errors: errors, remote: remote,
+                                      width: document.documentElement.scrollWidth, viewport: window.innerWidth}});
     document.body.appendChild(pre);
-  });
-})();
-</script>""" % PROBE_ID
+  }});
+}})();
+</script>"""
 CONSOLE_ERROR = re.compile(r"Uncaught|ERROR:CONSOLE|:CONSOLE\(\d+\)\].*(?:Error|error)")
 
 
 def find_chromium(explicit: str | None) -> str:
-    for name in ([explicit] if explicit else ["chromium", "chromium-browser", "google-chrome", "chrome"]):
+    for name in [explicit] if explicit else ["chromium", "chromium-browser", "google-chrome", "chrome"]:
         path = shutil.which(name) if name else None
         if path:
             return path
@@ -83,8 +91,16 @@ def probe(chromium: str, index: Path, timeout: float, width: int, height: int) -
     probe_file.write_text(probed, encoding="utf-8")
     try:
         # --virtual-time-budget lets the load event fire (and images decode) before the DOM is dumped.
-        res = run_chromium(chromium, ["--dump-dom", "--virtual-time-budget=10000", f"--window-size={width},{height}",
-                                      probe_file.resolve().as_uri()], timeout)
+        res = run_chromium(
+            chromium,
+            [
+                "--dump-dom",
+                "--virtual-time-budget=10000",
+                f"--window-size={width},{height}",
+                probe_file.resolve().as_uri(),
+            ],
+            timeout,
+        )
     finally:
         probe_file.unlink(missing_ok=True)
     found = re.search(rf'<pre id="{PROBE_ID}">(.*?)</pre>', res.stdout, re.DOTALL)
@@ -117,24 +133,49 @@ def main(argv: list[str] | None = None) -> int:
 
     result, log = probe(chromium, index, args.timeout, args.width, args.height)
     if not result:
-        checks.append(("probe ran", False, "the probe's output was not in the dumped DOM; Chromium log:\n" + log[-2000:]))
+        checks.append(
+            ("probe ran", False, "the probe's output was not in the dumped DOM; Chromium log:\n" + log[-2000:])
+        )
     else:
-        checks.append(("every image loaded", result["images"] > 0 and result["loaded"] == result["images"],
-                       f"{result['loaded']}/{result['images']} images complete with naturalWidth > 0"))
+        checks.append(
+            (
+                "every image loaded",
+                result["images"] > 0 and result["loaded"] == result["images"],
+                f"{result['loaded']}/{result['images']} images complete with naturalWidth > 0",
+            )
+        )
         checks.append(("no error in the page", not result["errors"], "; ".join(result["errors"][:5])))
         checks.append(("no network request", not result["remote"], ", ".join(result["remote"][:5])))
-        checks.append(("no horizontal scrolling", result["width"] <= result["viewport"] + 1,
-                       f"page {result['width']} px wide in a {result['viewport']} px window"))
+        checks.append(
+            (
+                "no horizontal scrolling",
+                result["width"] <= result["viewport"] + 1,
+                f"page {result['width']} px wide in a {result['viewport']} px window",
+            )
+        )
     console_lines = [line for line in log.splitlines() if CONSOLE_ERROR.search(line)]
     checks.append(("no console error in Chromium's log", not console_lines, "\n".join(console_lines[:5])))
 
     shot = (args.screenshot or args.report_dir / "screenshot.png").resolve()
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
-    res = run_chromium(chromium, [f"--screenshot={shot}", f"--window-size={args.width},{args.height}",
-                                  "--virtual-time-budget=10000", index.resolve().as_uri()], args.timeout)
-    checks.append(("screenshot written", shot.is_file() and shot.stat().st_size > 0,
-                   str(shot) if shot.is_file() else res.stderr[-2000:]))
+    res = run_chromium(
+        chromium,
+        [
+            f"--screenshot={shot}",
+            f"--window-size={args.width},{args.height}",
+            "--virtual-time-budget=10000",
+            index.resolve().as_uri(),
+        ],
+        args.timeout,
+    )
+    checks.append(
+        (
+            "screenshot written",
+            shot.is_file() and shot.stat().st_size > 0,
+            str(shot) if shot.is_file() else res.stderr[-2000:],
+        )
+    )
 
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pqprune.cli import app
-from pqprune.experiment import RunSettings
+from pqprune.cli.app import app
+from pqprune.experiment.settings import RunSettings
 
 runner = CliRunner()
 TINY = ["--data", "digits", "--rounds", "1", "--epochs", "1"]
@@ -38,8 +38,13 @@ def test_run_json_then_reuse_then_runs(tmp_path: Path) -> None:
     assert r.exit_code == 0 and doc["run_id"][:8] in r.stdout
 
 
-@pytest.mark.parametrize("suffix, text", [(".yaml", "data: digits\nrounds: 1\nepochs: 1\nmethod: lt\n"),
-                                          (".toml", 'data = "digits"\nrounds = 1\nepochs = 1\nmethod = "lt"\n')])
+@pytest.mark.parametrize(
+    "suffix, text",
+    [
+        (".yaml", "data: digits\nrounds: 1\nepochs: 1\nmethod: lt\n"),
+        (".toml", 'data = "digits"\nrounds = 1\nepochs = 1\nmethod = "lt"\n'),
+    ],
+)
 def test_run_from_config_with_overrides(tmp_path: Path, suffix: str, text: str) -> None:
     config = tmp_path / f"c{suffix}"
     config.write_text(text)
@@ -66,11 +71,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, monk
         r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), *args])
         assert r.exit_code == 2, (args, r.output)
         assert message in r.stderr and r.stderr.count("error:") == 1, r.stderr
-    r = runner.invoke(app, ["run", *TINY, "--db", str(a_file / "db.sqlite"), "--runs-dir", str(tmp_path / "out" / "runs")])
+    r = runner.invoke(
+        app, ["run", *TINY, "--db", str(a_file / "db.sqlite"), "--runs-dir", str(tmp_path / "out" / "runs")]
+    )
     assert r.exit_code == 2 and "is a file, not a folder" in r.stderr
     from torch import nn
 
-    monkeypatch.setattr("pqprune.experiment.models_mod.build_model", lambda *a, **k: nn.Linear(3, 10))
+    monkeypatch.setattr("pqprune.experiment.models.build_model", lambda *a, **k: nn.Linear(3, 10))
     r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path)])
     assert r.exit_code == 2 and "cannot take data set 'digits'" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -97,14 +104,19 @@ def test_sweep_with_two_workers_then_skips_finished(tmp_path: Path) -> None:
 
 
 def test_demo_prints_the_summary(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path), "--json"])
+    r = runner.invoke(
+        app,
+        ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path), "--json"],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [row["method"] for row in doc["summary"]] == ["SAP(0.5,1)", "SAP(1,2)", "LT", "OS", "Random"]
     for row in doc["summary"]:
         assert 0 < row["final_density"] < 1 and 0 <= row["final_test_accuracy"] <= 1
     assert set(doc["phases"]) == {"train", "evaluate", "measure", "prune", "checkpoint"}
-    r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path)])
+    r = runner.invoke(
+        app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path)]
+    )
     assert r.exit_code == 0 and "within 1" in r.stdout and "SAP(1,2)" in r.stdout and "time per phase" in r.stdout
 
 

@@ -16,11 +16,30 @@ runner = CliRunner()
 
 
 def test_bound_sizes_table_and_json():
-    r = runner.invoke(app, ["bound", "--width", "16", "--depth", "3", "--density", "0.8", "--eps", "50", "--delta", "0.1"])
+    r = runner.invoke(
+        app, ["bound", "--width", "16", "--depth", "3", "--density", "0.8", "--eps", "50", "--delta", "0.1"]
+    )
     assert r.exit_code == 0, r.output
     assert "gap bound holding with probability >= 0.9" in r.output and "guaranteed P(gap <= 50)" in r.output
-    r = runner.invoke(app, ["bound", "--arch", "cnn", "--width", "4", "--method", "magnitude", "--dist", "uniform",
-                            "--delta", "0.2", "--eps", "100", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "bound",
+            "--arch",
+            "cnn",
+            "--width",
+            "4",
+            "--method",
+            "magnitude",
+            "--dist",
+            "uniform",
+            "--delta",
+            "0.2",
+            "--eps",
+            "100",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     spec = theory.RandomNetSpec(arch="cnn", width=4, method="magnitude", dist="uniform")

@@ -1,4 +1,4 @@
-"""The fused power-sum kernel (pqprune.cpu_kernels) against the PyTorch path and float64 references."""
+"""The fused power-sum kernel (pqprune.measure.kernels) against the PyTorch path and float64 references."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pqprune import cpu_kernels, sparsity
+from pqprune.measure import kernels as cpu_kernels
+from pqprune.measure import power_sums_of, pq_index
+from pqprune.measure.weights import as_rows
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -35,13 +37,13 @@ def fused_always():
 
 def torch_path(weights, exps, masks):
     with patch.object(cpu_kernels, "MIN_NUMEL", 1 << 62):
-        return sparsity.power_sums_of(weights, exps, masks)
+        return power_sums_of(weights, exps, masks)
 
 
 def float64_sums(w: torch.Tensor, m: torch.Tensor | None, s: float) -> torch.Tensor:
-    a = sparsity.as_rows(w).double().abs()
+    a = as_rows(w).double().abs()
     if m is not None:
-        a = a * sparsity.as_rows(m).double()
+        a = a * as_rows(m).double()
     return (a**s).sum(1)
 
 
@@ -55,7 +57,7 @@ def test_fused_equals_torch_path_and_float64(dims, masked, exps, seed):
     weights = {f"w{i}": torch.randn(r, c, generator=g) * 3 for i, (r, c) in enumerate(dims)}
     masks = {n: torch.rand(w.shape, generator=g) < 0.6 for n, w in weights.items()} if masked else {}
     with fused_everywhere():
-        fused = sparsity.power_sums_of(weights, exps, masks)
+        fused = power_sums_of(weights, exps, masks)
     plain = torch_path(weights, exps, masks)
     assert list(fused) == list(weights)
     for n, w in weights.items():
@@ -71,12 +73,12 @@ def test_fused_kernel_is_used_only_where_it_applies(monkeypatch):
     real = cpu_kernels.fused_row_sums
     monkeypatch.setattr(cpu_kernels, "fused_row_sums", lambda mats: calls.append(len(mats)) or real(mats))
     big = {"a.weight": torch.randn(600, 500), "b.weight": torch.randn(10, 20)}
-    sparsity.power_sums_of(big, (0.5, 1.0))
+    power_sums_of(big, (0.5, 1.0))
     assert calls == [2]  # one call for all tensors of a model (small ones ride along)
-    sparsity.power_sums_of({"a.weight": torch.randn(10, 20)}, (0.5, 1.0))  # below MIN_NUMEL: PyTorch ops
-    sparsity.power_sums_of(big, (0.3, 1.0))  # an exponent the kernel does not take
-    sparsity.power_sums_of({n: w.double() for n, w in big.items()}, (0.5, 1.0))  # float64 weights
-    sparsity.power_sums_of({"t": torch.randn(500, 600).t()}, (0.5, 1.0))  # not contiguous
+    power_sums_of({"a.weight": torch.randn(10, 20)}, (0.5, 1.0))  # below MIN_NUMEL: PyTorch ops
+    power_sums_of(big, (0.3, 1.0))  # an exponent the kernel does not take
+    power_sums_of({n: w.double() for n, w in big.items()}, (0.5, 1.0))  # float64 weights
+    power_sums_of({"t": torch.randn(500, 600).t()}, (0.5, 1.0))  # not contiguous
     assert calls == [2]
 
 
@@ -86,9 +88,9 @@ def test_results_do_not_depend_on_the_thread_count():
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = sparsity.power_sums_of(w, (0.5, 1.0, 2.0), m)
+        one = power_sums_of(w, (0.5, 1.0, 2.0), m)
         torch.set_num_threads(2)
-        two = sparsity.power_sums_of(w, (0.5, 1.0, 2.0), m)
+        two = power_sums_of(w, (0.5, 1.0, 2.0), m)
     finally:
         torch.set_num_threads(old)
     for n in w:
@@ -102,14 +104,14 @@ def test_pruned_nan_falls_back_and_surviving_nan_raises(fused_always):
     m = torch.rand(6, 50, generator=gen(5)) < 0.5
     bad = w.clone()
     bad[~m] = float("nan")  # NaN only where pruned
-    got = sparsity.power_sums_of({"layer.weight": bad}, (0.5, 1.0), {"layer.weight": m})["layer.weight"]
+    got = power_sums_of({"layer.weight": bad}, (0.5, 1.0), {"layer.weight": m})["layer.weight"]
     for s in (0.5, 1.0):
         assert torch.allclose(got.sums[s], float64_sums(w, m, s), rtol=1e-6)
     bad[m.nonzero()[0].tolist()] = float("inf")  # now a survivor is infinite
     with pytest.raises(ValueError, match="layer.weight"):
-        sparsity.power_sums_of({"layer.weight": bad}, (0.5, 1.0), {"layer.weight": m})
+        power_sums_of({"layer.weight": bad}, (0.5, 1.0), {"layer.weight": m})
     with pytest.raises(ValueError, match="other.weight"):
-        sparsity.power_sums_of({"other.weight": torch.full((3, 4), float("nan"))}, (1.0, 2.0))
+        power_sums_of({"other.weight": torch.full((3, 4), float("nan"))}, (1.0, 2.0))
 
 
 def test_large_tensor_fused_agrees_with_float64():
@@ -121,12 +123,12 @@ def test_large_tensor_fused_agrees_with_float64():
         sp, sq = (x.sqrt() if p == 0.5 else x).sum(1), (x if q == 1.0 else x.square()).sum(1)
         rows_ref = 1 - (sp / n_cols) ** (1 / p) / (sq / n_cols) ** (1 / q)
         glob_ref = 1 - (sp.sum() / x.numel()) ** (1 / p) / (sq.sum() / x.numel()) ** (1 / q)
-        assert sparsity.pq_index(w, p, q) == pytest.approx(float(glob_ref), rel=1e-6)
-        assert torch.allclose(sparsity.pq_index(w, p, q, "neuron")["tensor"], rows_ref, rtol=1e-6, atol=0)
+        assert pq_index(w, p, q) == pytest.approx(float(glob_ref), rel=1e-6)
+        assert torch.allclose(pq_index(w, p, q, "neuron")["tensor"], rows_ref, rtol=1e-6, atol=0)
 
 
 def _child_pqi(w: torch.Tensor, out: mp.Queue) -> None:
-    out.put(sparsity.pq_index(w))
+    out.put(pq_index(w))
 
 
 def test_forked_child_after_a_parallel_call():
@@ -135,7 +137,7 @@ def test_forked_child_after_a_parallel_call():
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        parent = sparsity.pq_index(w)
+        parent = pq_index(w)
         ctx = mp.get_context("fork")
         queue = ctx.Queue()
         child = ctx.Process(target=_child_pqi, args=(w, queue))

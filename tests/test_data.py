@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pqprune import data
-from pqprune.data import DatasetNotFound, get_dataset
+from pqprune.experiment import data
+from pqprune.experiment.data.registry import DatasetNotFound, get_dataset
 from pqprune.files import FileFormatError
 
 
@@ -30,7 +30,9 @@ def _write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
         path.write_bytes(payload)
 
 
-def _fake_idx_set(root: Path, subdir: str, n_train: int = 6, n_test: int = 4, gz: bool = False) -> dict[str, np.ndarray]:
+def _fake_idx_set(
+    root: Path, subdir: str, n_train: int = 6, n_test: int = 4, gz: bool = False
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
@@ -45,7 +47,9 @@ def _fake_idx_set(root: Path, subdir: str, n_train: int = 6, n_test: int = 4, gz
 
 def _cifar_pickle(path: Path, x: np.ndarray, labels: list[int], label_key: bytes, old_numpy_name: bool = False) -> None:
     """A CIFAR batch as the real files are: a protocol-2 pickle of a dict with bytes keys."""
-    blob = pickle.dumps({b"batch_label": b"fake", label_key: labels, b"data": x, b"filenames": [b"a.png"] * len(x)}, protocol=2)
+    blob = pickle.dumps(
+        {b"batch_label": b"fake", label_key: labels, b"data": x, b"filenames": [b"a.png"] * len(x)}, protocol=2
+    )
     if old_numpy_name:  # the real files were written with numpy 1.x: numpy.core.multiarray
         blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +119,7 @@ def test_cifar100_fine_labels(tmp_path: Path) -> None:
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204 - the classic pickle exploit shape
+    def __reduce__(self):
         return (os.system, ("echo pwned",))
 
 

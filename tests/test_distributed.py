@@ -20,11 +20,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pqprune import distributed
-from pqprune.experiment import RunDir, RunSettings, run_experiment
+from pqprune.experiment import distributed
+from pqprune.experiment.rundir import RunDir
+from pqprune.experiment.runner import run_experiment
+from pqprune.experiment.settings import RunSettings
+from pqprune.experiment.train import TrainConfig, _Score, evaluate, train_epochs
 from pqprune.files import load_state_dict
-from pqprune.store import Store
-from pqprune.train import TrainConfig, _Score, evaluate, train_epochs
+from pqprune.store.database import Store
 
 TINY = RunSettings(data="digits", model="mlp", rounds=3, epochs=1, keep_checkpoints="all")
 CLI = ["--data", "digits", "--model", "mlp", "--rounds", "3", "--epochs", "1", "--keep-checkpoints", "all"]
@@ -35,9 +37,24 @@ WEIGHT_TOL = 1e-5
 def _torchrun(tmp: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 -m pqprune run ...`` in ``tmp``, one thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pqprune", "run", *CLI, "--db", str(tmp / "db.sqlite"), "--runs-dir", str(tmp / "runs"),
-           "--json", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pqprune",
+        "run",
+        *CLI,
+        "--db",
+        str(tmp / "db.sqlite"),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--json",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -58,10 +75,11 @@ def _assert_round_matches(single: Path, multi: Path, t: int) -> None:
     launch = RunDir(multi, TINY.run_id()).read_round(t)["launch"]
     assert launch["world_size"] == 2 and launch["backend"] == "gloo"
     agreed = launch["next_mask_digest"] if t < TINY.rounds else launch["mask_digest"]
-    assert agreed == distributed.digest_hex(distributed.mask_digest({k[len(MASKS):]: b[k] for k in masks}))
+    assert agreed == distributed.digest_hex(distributed.mask_digest({k[len(MASKS) :]: b[k] for k in masks}))
     if t > 0:  # and the masks trained under in round t are those the previous round ended with
         assert launch["mask_digest"] == RunDir(multi, TINY.run_id()).read_round(t - 1).get("launch", {}).get(
-            "next_mask_digest", launch["mask_digest"])
+            "next_mask_digest", launch["mask_digest"]
+        )
 
 
 def _assert_rows_match(single_db: Path, multi_db: Path, rounds: range) -> None:
@@ -127,7 +145,9 @@ def test_mask_mismatch_stops_with_a_clear_error() -> None:
     masks = {"fc.weight": torch.ones(4, 5, dtype=torch.bool)}
     mine = distributed.mask_digest(masks)
     assert distributed.verify_masks(masks, "round 3", gather=lambda d: [d, d]) == [mine, mine]
-    with pytest.raises(distributed.MaskMismatchError, match=r"^round 3: the pruning masks differ across ranks \(rank 0: "):
+    with pytest.raises(
+        distributed.MaskMismatchError, match=r"^round 3: the pruning masks differ across ranks \(rank 0: "
+    ):
         distributed.verify_masks(masks, "round 3", gather=lambda d: [d, d ^ 1])
 
 
@@ -166,7 +186,9 @@ def test_merged_scores_equal_the_whole() -> None:
         parts[0].add(out[:4], y[:4], 2.0)
         parts[1].add(out[4:], y[4:], 3.0)  # parts[2] saw nothing (more ranks than examples)
         got, want = _Score.merged([p.state() for p in parts]), whole.metrics()
-        assert got.loss == pytest.approx(want.loss) and got.accuracy == pytest.approx(want.accuracy, rel=1e-6)  # float32 sums
+        assert got.loss == pytest.approx(want.loss) and got.accuracy == pytest.approx(
+            want.accuracy, rel=1e-6
+        )  # float32 sums
 
 
 # --------------------------------------------------------------------------------------------- a real gloo group
@@ -187,7 +209,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ref, ddp = model(), model()
         train_epochs(ref, (x, y), 2, cfg, seed=3)  # what one process computes with the same global batch
         train_epochs(ddp, (x, y), 2, cfg, seed=3, distributed=True)
-        weights = max(float((a - b).detach().abs().max()) for a, b in zip(ref.parameters(), ddp.parameters(), strict=True))
+        weights = max(
+            float((a - b).detach().abs().max()) for a, b in zip(ref.parameters(), ddp.parameters(), strict=True)
+        )
         ev_ref, ev_ddp = evaluate(ref, (x, y), 7), evaluate(ddp, (x, y), 7, distributed=True)
         # BatchNorm normalises by each rank's share of the batch (no SyncBatchNorm on CPU): not equal to one
         # process, but rank 0's running statistics are copied to all at each epoch's end.
@@ -209,10 +233,18 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 peer = ""
             except distributed.PeerFailed as err:
                 peer = str(err)
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
-            "weights": weights, "ref": list(ev_ref), "ddp": list(ev_ddp), "mismatch": mismatch, "peer": peer,
-            "bn": bn[1].running_mean.tolist(),
-        }))
+        Path(out_dir, f"rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "weights": weights,
+                    "ref": list(ev_ref),
+                    "ddp": list(ev_ddp),
+                    "mismatch": mismatch,
+                    "peer": peer,
+                    "bn": bn[1].running_mean.tolist(),
+                }
+            )
+        )
     except BaseException:
         dist.destroy_process_group()
         raise

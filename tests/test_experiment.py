@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,18 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pqprune.experiment import (
-    RunBusy,
-    RunDir,
-    RunSettings,
-    SettingsError,
-    expand_grid,
-    load_config,
-    run_experiment,
-    summarize,
-)
+from pqprune.experiment.rundir import RunBusy, RunDir
+from pqprune.experiment.runner import run_experiment
+from pqprune.experiment.settings import RunSettings, SettingsError, load_config
+from pqprune.experiment.sweep import expand_grid
 from pqprune.files import load_state_dict
-from pqprune.store import Store
+from pqprune.report.summary import summarize
+from pqprune.store.database import Store
 
 # The tiny configuration of the issue: digits + MLP, 3 rounds × 1 epoch (≈1 s).
 TINY = RunSettings(data="digits", model="mlp", rounds=3, epochs=1)
@@ -50,7 +44,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One uninterrupted run of TINY, shared by the tests that compare against it."""
     root = tmp_path_factory.mktemp("reference")
     result = run_experiment(TINY, root / "db.sqlite", root / "runs")
-    return {"root": root, "result": result, "masks": _final_masks(root / "runs", TINY), "units": _units(root / "db.sqlite", TINY)}
+    return {
+        "root": root,
+        "result": result,
+        "masks": _final_masks(root / "runs", TINY),
+        "units": _units(root / "db.sqlite", TINY),
+    }
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -112,10 +111,20 @@ def test_expand_grid_and_summary() -> None:
     runs = expand_grid({"epochs": 1}, {"method": ["sap", "lt"], "seed": [0, 1], "scope": ["global", "auto"]})
     assert len(runs) == 4  # scope auto is global for both: duplicates removed
     assert {(r.method, r.seed) for r in runs} == {("sap", 0), ("sap", 1), ("lt", 0), ("lt", 1)}
-    rounds = [{"density": 1.0, "test_accuracy": 0.90}, {"density": 0.5, "test_accuracy": 0.895}, {"density": 0.2, "test_accuracy": 0.8}]
+    rounds = [
+        {"density": 1.0, "test_accuracy": 0.90},
+        {"density": 0.5, "test_accuracy": 0.895},
+        {"density": 0.2, "test_accuracy": 0.8},
+    ]
     row = summarize([(RunSettings(method="sap", p=1.0, q=2.0).to_dict(), rounds)])[0]
-    assert row == {"method": "SAP(1,2)", "rounds": 2, "dense_test_accuracy": 0.9, "final_density": 0.2,
-                   "final_test_accuracy": 0.8, "min_density_within_1pt": 0.5}
+    assert row == {
+        "method": "SAP(1,2)",
+        "rounds": 2,
+        "dense_test_accuracy": 0.9,
+        "final_density": 0.2,
+        "final_test_accuracy": 0.8,
+        "min_density_within_1pt": 0.5,
+    }
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -214,7 +223,9 @@ def test_sigkill_mid_round_then_resume_is_identical(tmp_path: Path, reference: d
     db, runs = tmp_path / "db.sqlite", tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, "-c", _KILL_SCRIPT, json.dumps(TINY.to_dict()), str(db), str(runs)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == -9, proc.stderr
     with Store(db) as s:
@@ -288,15 +299,18 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # The built-in models adapt to any input shape; a model that cannot take the data fails before any write.
     from torch import nn
 
-    for model, message in ((nn.Linear(10, 10), "cannot take data set 'digits'"), (nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), "outputs shape")):
-        monkeypatch.setattr("pqprune.experiment.models_mod.build_model", lambda *a, _m=model, **k: _m)
+    for model, message in (
+        (nn.Linear(10, 10), "cannot take data set 'digits'"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), "outputs shape"),
+    ):
+        monkeypatch.setattr("pqprune.experiment.models.build_model", lambda *a, _m=model, **k: _m)
         with pytest.raises(SettingsError, match=message):
             run_experiment(TINY, db, runs)
     monkeypatch.undo()
     assert not (tmp_path / "out").exists()
     a_file = tmp_path / "file"
     a_file.write_text("")
-    from pqprune.store import StoreError
+    from pqprune.store.database import StoreError
 
     with pytest.raises(StoreError, match="is a file, not a folder"):
         run_experiment(TINY, a_file / "db.sqlite", runs)

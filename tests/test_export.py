@@ -14,20 +14,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from pqprune import Pruner
-from pqprune.cli import app
-from pqprune.export import (
-    apply_masks,
-    choose_encoding,
-    load_shrunk,
-    load_sparse,
-    model_metrics,
-    save_shrunk,
-    save_sparse,
-    shrink,
-)
+from pqprune.cli.app import app
+from pqprune.experiment.models import build_model
+from pqprune.export.metrics import model_metrics
+from pqprune.export.shrink import load_shrunk, save_shrunk, shrink
+from pqprune.export.sparse import apply_masks, choose_encoding, load_sparse, save_sparse
 from pqprune.files import FileFormatError, read_safetensors_metadata
-from pqprune.masks import MaskSet
-from pqprune.models import build_model
+from pqprune.prune.masks import MaskSet
 
 runner = CliRunner()
 
@@ -83,14 +76,25 @@ def test_sparse_round_trip_is_bit_identical(tmp_path, dtype, density):
 
 def test_every_encoding_is_used_and_decodes(tmp_path):
     w = torch.randn(4, 300)
-    masks = {"a.weight": torch.rand(4, 300) < 0.5, "b.weight": torch.rand(4, 300) < 0.02,
-             "c.weight": torch.rand(4, 300) < 0.99}
-    state = {"a.weight": w, "b.weight": w.clone(), "c.weight": w.clone(), "a.bias": torch.randn(4),
-             "n": torch.tensor(3, dtype=torch.int64)}
+    masks = {
+        "a.weight": torch.rand(4, 300) < 0.5,
+        "b.weight": torch.rand(4, 300) < 0.02,
+        "c.weight": torch.rand(4, 300) < 0.99,
+    }
+    state = {
+        "a.weight": w,
+        "b.weight": w.clone(),
+        "c.weight": w.clone(),
+        "a.bias": torch.randn(4),
+        "n": torch.tensor(3, dtype=torch.int64),
+    }
     path = save_sparse(state, masks, tmp_path / "m.safetensors")
     entries = dict(json.loads(read_safetensors_metadata(path)["tensors"]))
     assert {k: v["encoding"] for k, v in entries.items() if k.endswith("weight")} == {
-        "a.weight": "bitmask", "b.weight": "csr", "c.weight": "dense"}
+        "a.weight": "bitmask",
+        "b.weight": "csr",
+        "c.weight": "dense",
+    }
     back = load_sparse(path)
     for name, t in apply_masks(state, masks).items():
         assert torch.equal(back[name], t)
@@ -118,7 +122,9 @@ def test_unpruned_and_bad_masks_are_refused(tmp_path):
     with pytest.raises(ValueError, match="nothing is pruned"):
         save_sparse(model.state_dict(), full, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="nope.weight"):
-        save_sparse(model.state_dict(), {"nope.weight": torch.zeros(2, 2, dtype=torch.bool)}, tmp_path / "x.safetensors")
+        save_sparse(
+            model.state_dict(), {"nope.weight": torch.zeros(2, 2, dtype=torch.bool)}, tmp_path / "x.safetensors"
+        )
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -212,8 +218,13 @@ def test_dead_filter_before_a_padded_conv_is_kept_unless_its_constant_is_zero():
 
 def test_shrink_plain_sequential_with_nested_sequential_and_cascade():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.SiLU()),
-                          nn.Dropout(0.1), nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Linear(6, 8),
+        nn.Tanh(),
+        nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.SiLU()),
+        nn.Dropout(0.1),
+        nn.Linear(8, 4),
+    )
     _randomise_bn_and_biases(model)
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if p.dim() > 1}
     masks["2.0.weight"][:, [0, 1]] = False  # outgoing-dead units of layer 0
@@ -285,15 +296,34 @@ def pruned_files(tmp_path):
 def test_cli_export_sparse_and_shrunk(tmp_path, pruned_files):
     model, masks, weights, mask_file = pruned_files
     out = tmp_path / "out.safetensors"
-    res = runner.invoke(app, ["export", str(weights), "--masks", str(mask_file), "--format", "sparse", "--out", str(out)])
+    res = runner.invoke(
+        app, ["export", str(weights), "--masks", str(mask_file), "--format", "sparse", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "compact bytes" in res.output and "before" in res.output
     back = load_sparse(out)
     for name, t in model.state_dict().items():
         assert torch.equal(back[name], t)
     out2 = tmp_path / "small.safetensors"
-    res = runner.invoke(app, ["export", str(weights), "--masks", str(mask_file), "--format", "shrunk", "--model", "mlp",
-                              "--model-option", "hidden=16", "--input-shape", "1,8,8", "--out", str(out2)])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(weights),
+            "--masks",
+            str(mask_file),
+            "--format",
+            "shrunk",
+            "--model",
+            "mlp",
+            "--model-option",
+            "hidden=16",
+            "--input-shape",
+            "1,8,8",
+            "--out",
+            str(out2),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "theoretical speedup" in res.output
     small = load_shrunk(out2)
@@ -302,16 +332,27 @@ def test_cli_export_sparse_and_shrunk(tmp_path, pruned_files):
 
 
 def test_cli_export_from_a_run_directory(tmp_path):
-    from pqprune.experiment import RunSettings, run_experiment
+    from pqprune.experiment.runner import run_experiment
+    from pqprune.experiment.settings import RunSettings
 
-    settings = RunSettings(data="digits", model="mlp", method="lt", ratio=0.5, rounds=1, epochs=1,
-                           model_options={"hidden": 8}, device="cpu")
+    settings = RunSettings(
+        data="digits",
+        model="mlp",
+        method="lt",
+        ratio=0.5,
+        rounds=1,
+        epochs=1,
+        model_options={"hidden": 8},
+        device="cpu",
+    )
     result = run_experiment(settings, tmp_path / "db.sqlite", tmp_path / "runs")
     out = tmp_path / "o.safetensors"
     res = runner.invoke(app, ["export", str(result.path), "--format", "sparse", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "round 1" in res.output
-    res = runner.invoke(app, ["export", str(result.path), "--format", "shrunk", "--out", str(tmp_path / "s.safetensors")])
+    res = runner.invoke(
+        app, ["export", str(result.path), "--format", "shrunk", "--out", str(tmp_path / "s.safetensors")]
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -336,8 +377,19 @@ def test_cli_export_bad_input_exits_2(tmp_path, pruned_files, case):
             net[0].weight[0] = 0
         path = tmp_path / "res.safetensors"
         save_file(net.state_dict(), str(path))
-        args = [str(path), "--format", "shrunk", "--model", "wresnet28x8", "--model-option", "depth=10",
-                "--model-option", "widen_factor=1", "--input-shape", "3,8,8"]
+        args = [
+            str(path),
+            "--format",
+            "shrunk",
+            "--model",
+            "wresnet28x8",
+            "--model-option",
+            "depth=10",
+            "--model-option",
+            "widen_factor=1",
+            "--input-shape",
+            "3,8,8",
+        ]
         expect = "WideBlock"
     elif case == "bad-format":
         args = [str(weights), "--masks", str(mask_file), "--format", "zip"]

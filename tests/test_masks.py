@@ -13,7 +13,7 @@ from torch.nn.utils import prune
 
 from pqprune import MaskSet, load_masks
 from pqprune.files import FileFormatError, read_safetensors_metadata
-from pqprune.masks import MASK_FORMAT_VERSION, discover, from_torch_prune, to_torch_prune
+from pqprune.prune.masks import MASK_FORMAT_VERSION, discover, from_torch_prune, to_torch_prune
 
 
 class Net(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pqprune import models
-from pqprune.models import build_model
-from pqprune.sparsity import prunable_weights
+from pqprune.experiment import models
+from pqprune.experiment.models import build_model
+from pqprune.measure.weights import prunable_weights
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pqprune import SAP, LotteryTicket, LqNeuron, OneShot, Pruner, RandomPruning, load_masks
-from pqprune.sparsity import as_rows
+from pqprune.measure.weights import as_rows
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -23,9 +23,15 @@ def mlp() -> nn.Module:
 
 def cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     )
 
 
@@ -73,10 +79,17 @@ class Encoder(nn.Module):
         return self.head(self.enc(x.reshape(x.shape[0], -1, 16)).mean(dim=1))
 
 
-MODELS = {"mlp": (mlp, (4, 1, 8, 8)), "cnn": (cnn, (4, 3, 8, 8)), "resnet18": (ResNet18, (2, 3, 16, 16)), "transformer": (Encoder, (4, 4, 16))}
+MODELS = {
+    "mlp": (mlp, (4, 1, 8, 8)),
+    "cnn": (cnn, (4, 3, 8, 8)),
+    "resnet18": (ResNet18, (2, 3, 16, 16)),
+    "transformer": (Encoder, (4, 4, 16)),
+}
 
 
-def _train(model: nn.Module, opt: torch.optim.Optimizer, shape, steps: int, seed: int, pruner: Pruner | None = None) -> None:
+def _train(
+    model: nn.Module, opt: torch.optim.Optimizer, shape, steps: int, seed: int, pruner: Pruner | None = None
+) -> None:
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
@@ -105,7 +118,11 @@ METHODS = {
 }
 
 
-@given(method=st.sampled_from(sorted(METHODS)), scope=st.sampled_from(["global", "layer", "neuron"]), seed=st.integers(0, 1000))
+@given(
+    method=st.sampled_from(sorted(METHODS)),
+    scope=st.sampled_from(["global", "layer", "neuron"]),
+    seed=st.integers(0, 1000),
+)
 @settings(max_examples=40, deadline=None)
 def test_invariants_over_many_rounds(method, scope, seed):
     torch.manual_seed(seed)
@@ -230,9 +247,15 @@ def test_models_prune_train_rewind(name):
     init = copy.deepcopy(model.state_dict())
     pr = Pruner(model, SAP(), scope="layer")
     if name == "transformer":
-        assert set(pr.masks) == {"enc.self_attn.in_proj_weight", "enc.self_attn.out_proj.weight", "enc.linear1.weight", "enc.linear2.weight", "head.weight"}
+        assert set(pr.masks) == {
+            "enc.self_attn.in_proj_weight",
+            "enc.self_attn.out_proj.weight",
+            "enc.linear1.weight",
+            "enc.linear2.weight",
+            "head.weight",
+        }
     if name in ("cnn", "resnet18"):
-        assert not any("bn" in n or n.endswith("1.weight") and pr.masks[n].dim() == 1 for n in pr.masks)
+        assert not any("bn" in n or (n.endswith("1.weight") and pr.masks[n].dim() == 1) for n in pr.masks)
     opt = pr.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4))
     for rnd in range(2):
         _train(model, opt, shape, steps=2, seed=rnd, pruner=pr)

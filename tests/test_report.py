@@ -13,22 +13,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pqprune.cli import app
-from pqprune.experiment import RunSettings
-from pqprune.report import (
-    FIGURES,
-    METHOD_STYLES,
-    ReportError,
-    generate,
-    load_groups,
-    method_style,
-    parse_where,
-    phases,
-    pqi_peak_round,
-    summary_row,
-    write_report,
-)
-from pqprune.store import Store
+from pqprune.cli.app import app
+from pqprune.experiment.settings import RunSettings
+from pqprune.report.build import generate, parse_where, write_report
+from pqprune.report.figures import FIGURES, METHOD_STYLES, method_style
+from pqprune.report.phases import phases, pqi_peak_round
+from pqprune.report.runs import ReportError, load_groups
+from pqprune.report.summary import summary_row
+from pqprune.store.database import Store
 
 runner = CliRunner()
 
@@ -46,16 +38,27 @@ def _fill(db: Path) -> None:
     with Store(db) as store:
         for method, density, acc, pqi in specs:
             for seed in (0, 1):
-                s = RunSettings(data="digits", model="mlp", method=method, scope="global", rounds=4, epochs=1, seed=seed)
+                s = RunSettings(
+                    data="digits", model="mlp", method=method, scope="global", rounds=4, epochs=1, seed=seed
+                )
                 store.start_run(s.run_id(), s.run_hash(), s.resolved().to_dict())
                 for t in range(5):
-                    layers = {name: {"density": density[t] * f, "pqi": pqi[t], "gini": 0.4}
-                              for name, f in (("0.weight", 1.0), ("2.weight", 0.9 if t else 1.0))}
-                    store.record_round(s.run_id(), t, {
-                        "density": density[t], "test_accuracy": acc[seed][t],
-                        "pruned_test_accuracy": None if t == 0 else acc[seed][t] - 0.05,
-                        "pqi": pqi[t] + 0.001 * seed, "gini": 0.4 + 0.01 * t, "layers": layers,
-                    })
+                    layers = {
+                        name: {"density": density[t] * f, "pqi": pqi[t], "gini": 0.4}
+                        for name, f in (("0.weight", 1.0), ("2.weight", 0.9 if t else 1.0))
+                    }
+                    store.record_round(
+                        s.run_id(),
+                        t,
+                        {
+                            "density": density[t],
+                            "test_accuracy": acc[seed][t],
+                            "pruned_test_accuracy": None if t == 0 else acc[seed][t] - 0.05,
+                            "pqi": pqi[t] + 0.001 * seed,
+                            "gini": 0.4 + 0.01 * t,
+                            "layers": layers,
+                        },
+                    )
                 store.set_status(s.run_id(), "finished")
 
 
@@ -156,7 +159,11 @@ def test_errors(db: Path, tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="KEY=VALUE"):
         parse_where(["method"])
     assert parse_where(["seed=0", "method=sap", "p=0.5", "nesterov=true"]) == {
-        "seed": 0, "method": "sap", "p": 0.5, "nesterov": True}
+        "seed": 0,
+        "method": "sap",
+        "p": 0.5,
+        "nesterov": True,
+    }
 
 
 # --------------------------------------------------------------------------------------------- phases
@@ -165,8 +172,11 @@ def test_errors(db: Path, tmp_path: Path) -> None:
     [
         ([0.20, 0.18, 0.15, 0.12, 0.10], [0.9] * 5, ["regularisation"] * 5),
         ([0.10, 0.12, 0.15, 0.20, 0.25], [0.9] * 5, ["regularisation"] + ["compression"] * 4),
-        ([0.15, 0.12, 0.16, 0.20, 0.17, 0.10], [0.9, 0.9, 0.9, 0.89, 0.85, 0.5],
-         ["regularisation", "regularisation", "compression", "compression", "collapse", "collapse"]),
+        (
+            [0.15, 0.12, 0.16, 0.20, 0.17, 0.10],
+            [0.9, 0.9, 0.9, 0.89, 0.85, 0.5],
+            ["regularisation", "regularisation", "compression", "compression", "collapse", "collapse"],
+        ),
         # a PQI dip with intact accuracy is not collapse
         ([0.10, 0.15, 0.20, 0.17, 0.22], [0.9] * 5, ["regularisation"] + ["compression"] * 4),
         # accuracy collapsing while the PQI keeps falling: collapse straight from regularisation
@@ -187,8 +197,12 @@ def test_phases_edge_cases() -> None:
     nan = float("nan")
     assert phases([nan, nan], [0.9, 0.9]) == ["unknown", "unknown"]
     # NaN carries the previous value: the NaN round is labelled like its predecessor
-    assert phases([0.10, nan, 0.20, nan], [0.9, nan, 0.9, 0.9]) == ["regularisation", "regularisation",
-                                                                     "compression", "compression"]
+    assert phases([0.10, nan, 0.20, nan], [0.9, nan, 0.9, 0.9]) == [
+        "regularisation",
+        "regularisation",
+        "compression",
+        "compression",
+    ]
     assert phases([None, 0.1, 0.2], [None, None, None]) == ["regularisation", "regularisation", "compression"]
     with pytest.raises(ValueError, match="same length"):
         phases([0.1, 0.2], [0.9])
@@ -226,10 +240,20 @@ def test_cli_errors(db: Path, tmp_path: Path, args: list[str], message: str) -> 
 
 def test_differences_plot_pruned_pqi_when_recorded() -> None:
     """A database that records ``pruned_pqi`` (not schema 1 yet) gets its ΔPQI curve instead of the notice."""
-    from pqprune.report import Group, MethodRuns, fig_differences
+    from pqprune.report.figures import fig_differences
+    from pqprune.report.runs import Group, MethodRuns
 
-    rounds = [{"round": t, "pqi": 0.2, "pruned_pqi": None if t == 0 else 0.15, "test_accuracy": 0.9,
-               "pruned_test_accuracy": None if t == 0 else 0.8, "layers": {}} for t in range(3)]
+    rounds = [
+        {
+            "round": t,
+            "pqi": 0.2,
+            "pruned_pqi": None if t == 0 else 0.15,
+            "test_accuracy": 0.9,
+            "pruned_test_accuracy": None if t == 0 else 0.8,
+            "layers": {},
+        }
+        for t in range(3)
+    ]
     fig = fig_differences(Group("d", "m", "global", [MethodRuns("LT", {}, ["a"], [0], [rounds])]))
     ax_pqi, ax_acc = fig.axes[:2]
     assert not ax_pqi.texts  # no "not recorded" notice

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pqprune.select import LazyScores, magnitude_scores, select_prune, smallest_global, smallest_in_rows
-from pqprune.sparsity import as_rows
+from pqprune.measure.weights import as_rows
+from pqprune.prune.select import LazyScores, magnitude_scores, select_prune, smallest_global, smallest_in_rows
 
 
 def _reference(scores: list[torch.Tensor], alive: list[torch.Tensor], c: int) -> list[torch.Tensor]:
@@ -65,7 +65,10 @@ def test_layer_and_neuron_equal_stable_sort(case):
         assert torch.equal(got[n], _reference([s], [a], counts[n])[0])
     # neuron scope: a different count for every row
     g = torch.Generator().manual_seed(1)
-    ncounts = {n: (torch.rand(s.shape[0], generator=g) * as_rows(a).sum(1)).floor().long() for n, s, a in zip(names, scores, alive)}
+    ncounts = {
+        n: (torch.rand(s.shape[0], generator=g) * as_rows(a).sum(1)).floor().long()
+        for n, s, a in zip(names, scores, alive)
+    }
     got = select_prune(dict(zip(names, scores)), ncounts, "neuron", dict(zip(names, alive)))
     for n, s, a in zip(names, scores, alive):
         for i in range(s.shape[0]):
@@ -76,7 +79,18 @@ def test_layer_and_neuron_equal_stable_sort(case):
 def test_equal_weights_lowest_index_first():
     w = torch.ones(2, 5)
     got = select_prune(magnitude_scores({"a": w, "b": w.clone()}), {"global": 12}, "global")
-    assert got["a"].all() and got["b"].reshape(-1).tolist() == [True, True, False, False, False, False, False, False, False, False]
+    assert got["a"].all() and got["b"].reshape(-1).tolist() == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
     got = select_prune(magnitude_scores({"a": w}), {"a": torch.tensor([1, 3])}, "neuron")
     assert got["a"].tolist() == [[True, False, False, False, False], [True, True, True, False, False]]
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pqprune
-from pqprune import sparsity
-from pqprune.sparsity import gini, hoyer, lq_index, pq_index, pq_index_grid, retained_bound, sap_prune_count
+from pqprune.measure import gini, hoyer, lq_index, pq_index, pq_index_grid, retained_bound, sap_prune_count, sums
+from pqprune.measure.weights import prunable_weights
 
 PAIRS = [(0.5, 1.0), (1.0, 2.0), (0.5, 2.0), (0.3, 0.7)]
 FAST = settings(max_examples=40, deadline=None)
@@ -93,11 +93,19 @@ N_IID = 2_000_000
 @pytest.mark.parametrize(
     "name,sample,i051,i12",
     [
-        ("normal", lambda g: torch.randn(N_IID, generator=g), 1 - math.gamma(0.75) ** 2 / math.sqrt(math.pi), 1 - math.sqrt(2 / math.pi)),
+        (
+            "normal",
+            lambda g: torch.randn(N_IID, generator=g),
+            1 - math.gamma(0.75) ** 2 / math.sqrt(math.pi),
+            1 - math.sqrt(2 / math.pi),
+        ),
         ("uniform", lambda g: torch.rand(N_IID, generator=g) * 2 - 1, 1 / 9, 1 - math.sqrt(3) / 2),
         (
             "laplace",
-            lambda g: torch.empty(N_IID).exponential_(generator=g) * torch.where(torch.rand(N_IID, generator=g) < 0.5, -1.0, 1.0),
+            lambda g: (
+                torch.empty(N_IID).exponential_(generator=g)
+                * torch.where(torch.rand(N_IID, generator=g) < 0.5, -1.0, 1.0)
+            ),
             1 - math.pi / 4,
             1 - 1 / math.sqrt(2),
         ),
@@ -228,7 +236,9 @@ def _sample(kind: str, d: int, g: torch.Generator) -> torch.Tensor:
     if kind == "normal":
         return torch.randn(d, generator=g, dtype=torch.float64)
     if kind == "laplace":
-        return torch.empty(d, dtype=torch.float64).exponential_(generator=g) * (torch.rand(d, generator=g) < 0.5).double().mul(2).sub(1)
+        return torch.empty(d, dtype=torch.float64).exponential_(generator=g) * (
+            torch.rand(d, generator=g) < 0.5
+        ).double().mul(2).sub(1)
     if kind == "cauchy":
         return torch.empty(d, dtype=torch.float64).cauchy_(generator=g)
     if kind == "uniform":
@@ -301,17 +311,23 @@ def test_neuron_scope_of_conv_is_rows_of_flattened_filters():
         got = pq_index(w, p, q, scope="neuron")["tensor"]
         assert got.shape == (8,)
         assert torch.allclose(got, torch.tensor([ref_pq(r, p, q) for r in rows], dtype=torch.float64), atol=1e-6)
-    assert torch.allclose(gini(w, scope="neuron")["tensor"], torch.tensor([ref_gini(r.numpy()) for r in rows], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        gini(w, scope="neuron")["tensor"],
+        torch.tensor([ref_gini(r.numpy()) for r in rows], dtype=torch.float64),
+        atol=1e-6,
+    )
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.Embedding(5, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.Embedding(5, 3)
+    )
 
 
 def test_global_over_a_model_is_index_of_the_concatenation():
     model = _model()
-    names = list(sparsity.prunable_weights(model))
+    names = list(prunable_weights(model))
     assert names == ["0.weight", "3.weight"]  # biases, BatchNorm and Embedding are not prunable
     flat = torch.cat([model.get_parameter(n).detach().reshape(-1) for n in names])
     for p, q in PAIRS:
@@ -348,9 +364,7 @@ def test_grid_equals_separate_calls(scope):
     assert set(grid) == set(pairs_)
     for pq in pairs_:
         single = pq_index(model, *pq, scope=scope)
-        if scope == "global":
-            assert grid[pq] == pytest.approx(single, abs=1e-12)
-        elif scope == "layer":
+        if scope == "global" or scope == "layer":
             assert grid[pq] == pytest.approx(single, abs=1e-12)
         else:
             for n in single:
@@ -370,12 +384,12 @@ def test_blocked_power_sums_match_reference(rows, cols, chunk, masked, pq):
     g = gen(rows * 1000 + cols)
     w = torch.randn(rows, cols, generator=g)
     m = torch.rand(rows, cols, generator=g) < 0.7 if masked else None
-    old = sparsity._CHUNK
-    sparsity._CHUNK = chunk
+    old = sums._CHUNK
+    sums._CHUNK = chunk
     try:
-        stats = sparsity.row_power_sums(w, pq, m)
+        stats = sums.row_power_sums(w, pq, m)
     finally:
-        sparsity._CHUNK = old
+        sums._CHUNK = old
     a = w.double().abs() * (m.double() if m is not None else 1.0)
     for s in pq:
         assert torch.allclose(stats.sums[s], (a**s).sum(1), rtol=1e-6, atol=0)
@@ -395,7 +409,13 @@ def test_sap_first_step_on_normal_vector():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(10, 5000), st.data(), st.floats(1e-3, 1e3), st.sampled_from([(0.5, 1.0), (1.0, 2.0)]), st.sampled_from([torch.float32, torch.float64]))
+@given(
+    st.integers(10, 5000),
+    st.data(),
+    st.floats(1e-3, 1e3),
+    st.sampled_from([(0.5, 1.0), (1.0, 2.0)]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
 def test_sap_is_tie_safe_for_k_sparse(d, data, magnitude, pq, dtype):
     k = data.draw(st.integers(1, d))
     w = k_sparse(d, k, magnitude=magnitude, dtype=dtype, seed=d + k)
@@ -404,7 +424,15 @@ def test_sap_is_tie_safe_for_k_sparse(d, data, magnitude, pq, dtype):
 
 
 @FAST
-@given(st.floats(0, 1), st.floats(0, 1), st.integers(1, 10**7), pairs, st.floats(0, 3), st.floats(0.1, 3), st.floats(0.05, 1))
+@given(
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.integers(1, 10**7),
+    pairs,
+    st.floats(0, 3),
+    st.floats(0.1, 3),
+    st.floats(0.05, 1),
+)
 def test_sap_monotone_and_clipped(i1, i2, d, pq, eta, gamma, beta):
     lo, hi = sorted((i1, i2))
     p, q = pq
@@ -455,7 +483,16 @@ def test_non_finite_weights_raise_naming_the_tensor(bad):
     assert math.isfinite(gini(sd, masks={"encoder.fc1.weight": m}))
 
 
-@pytest.mark.parametrize("p,q,match", [(1.0, 1.0, "p < q"), (2.0, 1.0, "p < q"), (0.0, 1.0, "p must be > 0"), (-0.5, 1.0, "p must be > 0"), (float("nan"), 1.0, "finite")])
+@pytest.mark.parametrize(
+    "p,q,match",
+    [
+        (1.0, 1.0, "p < q"),
+        (2.0, 1.0, "p < q"),
+        (0.0, 1.0, "p must be > 0"),
+        (-0.5, 1.0, "p must be > 0"),
+        (float("nan"), 1.0, "finite"),
+    ],
+)
 def test_bad_exponents_raise(p, q, match):
     w = torch.randn(10)
     with pytest.raises(ValueError, match=match):
@@ -484,7 +521,9 @@ def test_half_precision_agrees_with_float64(dtype):
             got, want = pq_index({"l.weight": w}, p, q, scope), pq_index({"l.weight": ref}, p, q, scope)
             assert got == pytest.approx(want, rel=1e-6)
         # Rows of 700 are summed in float32 blocks (pairwise, ~1e-7 relative), so a row's index is within ~1e-5.
-        assert torch.allclose(pq_index(w, p, q, "neuron")["tensor"], pq_index(ref, p, q, "neuron")["tensor"], rtol=1e-5, atol=0)
+        assert torch.allclose(
+            pq_index(w, p, q, "neuron")["tensor"], pq_index(ref, p, q, "neuron")["tensor"], rtol=1e-5, atol=0
+        )
     assert gini(w) == pytest.approx(gini(ref), rel=1e-6)
 
 

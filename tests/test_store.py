@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from pqprune import store as store_module
-from pqprune.store import ROUND_COLUMNS, SCHEMA_VERSION, Store, StoreError
+from pqprune.store import database as store_module
+from pqprune.store.database import ROUND_COLUMNS, SCHEMA_VERSION, Store, StoreError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "database.md"
 
 
 def _units(n: int, round_index: int = 0) -> list[dict]:
-    return [dict(unit=f"layer{i}.weight", d=100 - round_index, pqi=0.1 * i, r=80, c=20, clipped=i % 2 == 0) for i in range(n)]
+    return [
+        dict(unit=f"layer{i}.weight", d=100 - round_index, pqi=0.1 * i, r=80, c=20, clipped=i % 2 == 0)
+        for i in range(n)
+    ]
 
 
 def _metrics(round_index: int) -> dict:
@@ -172,7 +175,7 @@ def test_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.close()
 
 
-def _writer(path: str, run_id: str, n_rounds: int, n_units: int, start: "mp.synchronize.Event") -> None:
+def _writer(path: str, run_id: str, n_rounds: int, n_units: int, start: mp.synchronize.Event) -> None:
     with Store(path) as s:
         s.start_run(run_id, run_id, {"writer": run_id})
         start.wait(30)

@@ -23,7 +23,6 @@ from torch import nn
 from pqprune import theory as T
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: one intra-op thread is ~20× faster than two on a busy 2-core machine."""
@@ -190,8 +189,15 @@ def test_lq_keep_counts_relative_mask_and_conv():
 
 def test_lq_keep_counts_bad_input():
     w = torch.randn(3, 4)
-    for kwargs in (dict(q=0.0), dict(q=1.0), dict(q=1.5), dict(eps=0.0), dict(eps=-1.0), dict(input_bound=-1.0),
-                   dict(eps=math.nan)):
+    for kwargs in (
+        dict(q=0.0),
+        dict(q=1.0),
+        dict(q=1.5),
+        dict(eps=0.0),
+        dict(eps=-1.0),
+        dict(input_bound=-1.0),
+        dict(eps=math.nan),
+    ):
         args = dict(q=0.5, eps=0.1, input_bound=1.0) | kwargs
         with pytest.raises(ValueError):
             T.lq_keep_counts(w, **args)
@@ -259,10 +265,12 @@ def test_lq_network_bound_never_violated_on_teacher(relative, eps, q):
         for name, p in pruned.named_parameters():
             if name in masks:
                 p.mul_(masks[name])
-    xs = torch.cat([
-        (torch.rand(20000, 128, generator=gen) * 2 - 1) * B,
-        (torch.randint(0, 2, (20000, 128), generator=gen) * 2.0 - 1) * B,
-    ])
+    xs = torch.cat(
+        [
+            (torch.rand(20000, 128, generator=gen) * 2 - 1) * B,
+            (torch.randint(0, 2, (20000, 128), generator=gen) * 2.0 - 1) * B,
+        ]
+    )
     with torch.no_grad():
         gaps = (net(xs) - pruned(xs)).norm(dim=1)
     # projected gradient ascent in the box from the 8 worst inputs
@@ -275,9 +283,12 @@ def test_lq_network_bound_never_violated_on_teacher(relative, eps, q):
     with torch.no_grad():
         worst = max(float(gaps.max()), float((net(z) - pruned(z)).norm(dim=1).max()))
     assert worst <= nb.output_bound_tail <= nb.output_bound + 1e-12
-    assert nb.output_bound <= sum(math.prod(lb.op_norm for lb in nb.layers[k + 1:]) * eps * (
-        (lb.input_bound * net[2 * k].weight.abs().sum(1).double()).norm() if relative else math.sqrt(lb.shape[0])
-    ) for k, lb in enumerate(nb.layers)) * (1 + 1e-9)
+    assert nb.output_bound <= sum(
+        math.prod(lb.op_norm for lb in nb.layers[k + 1 :])
+        * eps
+        * ((lb.input_bound * net[2 * k].weight.abs().sum(1).double()).norm() if relative else math.sqrt(lb.shape[0]))
+        for k, lb in enumerate(nb.layers)
+    ) * (1 + 1e-9)
     assert nb.output_bound_tail / worst < 1e4
 
 
@@ -370,7 +381,10 @@ def test_guaranteed_probability_never_above_monte_carlo(spec):
     assert 1.0 < T.hp_gap_bound(spec, 0.1) / q90 < 1e4
     # at the empirical median the guarantee is (far) below p̂
     med = float(res.gaps.median())
-    assert T.guaranteed_probability(spec, med) <= T.monte_carlo_gap(spec, med, n_draws=25, n_inputs=64, restarts=2, steps=15, seed=2).high
+    assert (
+        T.guaranteed_probability(spec, med)
+        <= T.monte_carlo_gap(spec, med, n_draws=25, n_inputs=64, restarts=2, steps=15, seed=2).high
+    )
 
 
 def test_hp_bound_monotone_and_degenerate():

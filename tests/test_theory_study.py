@@ -10,19 +10,38 @@ import torch
 from typer.testing import CliRunner
 
 from pqprune import theory
-from pqprune import theory_study as S
 from pqprune.cli import app
-from pqprune.methods import LqNeuron
-from pqprune.store import THEORY_COLUMNS, Store, record_theory_cells, theory_cells
+from pqprune.prune.methods import LqNeuron
+from pqprune.store.database import THEORY_COLUMNS, Store, record_theory_cells, theory_cells
+from pqprune.theory import mc_study as MC
+from pqprune.theory import teacher_study as S
 
 runner = CliRunner()
 
 # A grid small enough for a test: 2 widths × 1 depth × 1 density × 2 methods = 4 configurations, 2 ε each.
-SMALL = dict(widths=(4, 8), depths=(2,), densities=(0.7,), methods=("random", "magnitude"), eps=(0.5, 50.0),
-             draws=6, n_inputs=16, restarts=1, steps=3, seed=1)
+SMALL = dict(
+    widths=(4, 8),
+    depths=(2,),
+    densities=(0.7,),
+    methods=("random", "magnitude"),
+    eps=(0.5, 50.0),
+    draws=6,
+    n_inputs=16,
+    restarts=1,
+    steps=3,
+    seed=1,
+)
 # A small teacher: 16-32-2, short sweeps.
-TEACHER = dict(input_dim=16, hidden=(32,), output_dim=2, n_test=256, bound_eps=(0.5, 1.0, 2.0),
-               index_gammas=(1.0, 2.0), sap_gammas=(1.0,), densities=(0.1, 0.3, 0.6, 0.9))
+TEACHER = dict(
+    input_dim=16,
+    hidden=(32,),
+    output_dim=2,
+    n_test=256,
+    bound_eps=(0.5, 1.0, 2.0),
+    index_gammas=(1.0, 2.0),
+    sap_gammas=(1.0,),
+    densities=(0.1, 0.3, 0.6, 0.9),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +57,7 @@ def _one_thread():
 def test_grid_stores_one_row_per_cell_and_round_trips(tmp_path):
     db = tmp_path / "r.db"
     seen = []
-    cells = S.monte_carlo_grid(**SMALL, db=db, progress=seen.append)
+    cells = MC.monte_carlo_grid(**SMALL, db=db, progress=seen.append)
     assert len(cells) == 2 * 2 * 2 == len(seen)
     with Store(db) as store:
         rows = theory_cells(store)
@@ -55,16 +74,23 @@ def test_grid_stores_one_row_per_cell_and_round_trips(tmp_path):
     c = cells[2]
     spec = theory.RandomNetSpec(width=c.width, depth=c.depth, density=c.density, method=c.method)
     ref = theory.monte_carlo_gap(spec, c.eps, n_draws=6, n_inputs=16, restarts=1, steps=3, seed=1)
-    assert (c.successes, c.gap_max, c.guaranteed_probability) == (ref.successes, pytest.approx(float(ref.gaps.max())),
-                                                                 pytest.approx(ref.guaranteed))
+    assert (c.successes, c.gap_max, c.guaranteed_probability) == (
+        ref.successes,
+        pytest.approx(float(ref.gaps.max())),
+        pytest.approx(ref.guaranteed),
+    )
     # The bound is a lower bound: never above the interval's top (a larger ε never lowers p̂ or the bound).
     for c in cells:
         assert c.guaranteed_probability <= c.ci_high + 1e-12
         assert c.bound_eps > c.gap_q > 0 and c.looseness > 1
     lo, hi = cells[0], cells[1]
-    assert (lo.eps, hi.eps) == (0.5, 50.0) and hi.p_hat >= lo.p_hat and hi.guaranteed_probability >= lo.guaranteed_probability
+    assert (
+        (lo.eps, hi.eps) == (0.5, 50.0)
+        and hi.p_hat >= lo.p_hat
+        and hi.guaranteed_probability >= lo.guaranteed_probability
+    )
     # A second study appends; an empty database has no theory table yet.
-    S.monte_carlo_grid(**{**SMALL, "widths": (4,), "methods": ("random",)}, db=db)
+    MC.monte_carlo_grid(**{**SMALL, "widths": (4,), "methods": ("random",)}, db=db)
     with Store(db) as store:
         assert len(theory_cells(store)) == len(cells) + 2
     with Store(tmp_path / "empty.db") as store:
@@ -72,7 +98,7 @@ def test_grid_stores_one_row_per_cell_and_round_trips(tmp_path):
 
 
 def test_record_theory_cells_is_one_transaction(tmp_path):
-    good = S.monte_carlo_grid(**{**SMALL, "widths": (4,), "methods": ("random",), "eps": (1.0,)})[0].as_dict()
+    good = MC.monte_carlo_grid(**{**SMALL, "widths": (4,), "methods": ("random",), "eps": (1.0,)})[0].as_dict()
     bad = {k: v for k, v in good.items() if k != "p_hat"}
     with Store(tmp_path / "r.db") as store:
         with pytest.raises(ValueError, match="p_hat"):
@@ -82,13 +108,25 @@ def test_record_theory_cells_is_one_transaction(tmp_path):
         assert len(theory_cells(store)) == 2
 
 
-@pytest.mark.parametrize("bad", [
-    {"eps": (0.0,)}, {"eps": (-1.0,)}, {"delta": 0.0}, {"delta": 1.0}, {"densities": (0.0,)}, {"methods": ("sap",)},
-    {"archs": ("rnn",)}, {"dist": "cauchy"}, {"widths": ()}, {"draws": 0}, {"archs": ("cnn",), "depths": (1,)},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"eps": (0.0,)},
+        {"eps": (-1.0,)},
+        {"delta": 0.0},
+        {"delta": 1.0},
+        {"densities": (0.0,)},
+        {"methods": ("sap",)},
+        {"archs": ("rnn",)},
+        {"dist": "cauchy"},
+        {"widths": ()},
+        {"draws": 0},
+        {"archs": ("cnn",), "depths": (1,)},
+    ],
+)
 def test_grid_bad_input_raises_before_work(bad, tmp_path):
     with pytest.raises(ValueError):
-        S.monte_carlo_grid(**{**SMALL, **bad}, db=tmp_path / "r.db")
+        MC.monte_carlo_grid(**{**SMALL, **bad}, db=tmp_path / "r.db")
     assert not (tmp_path / "r.db").exists()
 
 
@@ -128,15 +166,16 @@ def test_teacher_study_every_method_counts_and_errors(cauchy_study):
 
 def test_bound_rule_error_below_bound_on_every_test_input():
     """Per input, ‖F(x) − F'(x)‖₂ ≤ the network bound, with the engine's LqNeuron masks = lq_network_bound's."""
-    from pqprune.data import make_teacher
+    from pqprune.experiment.data import make_teacher
 
     teacher = make_teacher(16, (32,), 2, "t", seed=3)
     model = teacher.as_module().to(torch.float64)
     x = S.box_test_inputs(16, 512, 1.5, torch.Generator().manual_seed(0))
     for eps in (0.7, 2.0):
         nb = theory.lq_network_bound(model, 0.5, eps, input_bound=1.5, relative=True)
-        method = LqNeuron(q=0.5, rule="bound", eps=eps, relative=True,
-                          input_bound={lb.name: lb.input_bound for lb in nb.layers})
+        method = LqNeuron(
+            q=0.5, rule="bound", eps=eps, relative=True, input_bound={lb.name: lb.input_bound for lb in nb.layers}
+        )
         pruned, masks = S._prune(model, method, "neuron")
         assert all(torch.equal(masks[n], m) for n, m in nb.masks().items())
         with torch.no_grad():
@@ -174,14 +213,39 @@ def test_teacher_bad_input():
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_theory_mc_table_json_db_and_figure(tmp_path):
     db, out = tmp_path / "r.db", tmp_path / "out"
-    args = ["theory", "mc", "--arch", "fcn,cnn", "--widths", "2,4", "--depths", "2", "--densities", "0.7", "--method", "random",
-            "--eps", "0.5,50", "--draws", "4", "--inputs", "8", "--restarts", "1", "--steps", "2",
-            "--db", str(db), "--out", str(out)]
+    args = [
+        "theory",
+        "mc",
+        "--arch",
+        "fcn,cnn",
+        "--widths",
+        "2,4",
+        "--depths",
+        "2",
+        "--densities",
+        "0.7",
+        "--method",
+        "random",
+        "--eps",
+        "0.5,50",
+        "--draws",
+        "4",
+        "--inputs",
+        "8",
+        "--restarts",
+        "1",
+        "--steps",
+        "2",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "p̂ [95% CI]" in r.output and "bound P(gap≤ε)" in r.output
     assert (out / "theory_mc.png").read_bytes()[:4] == b"\x89PNG"
-    r = runner.invoke(app, args + ["--json"])
+    r = runner.invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert len(data) == 8 and {d["eps"] for d in data} == {0.5, 50.0} and {d["arch"] for d in data} == {"fcn", "cnn"}
@@ -190,41 +254,96 @@ def test_cli_theory_mc_table_json_db_and_figure(tmp_path):
 
 
 def test_cli_theory_teacher(tmp_path):
-    r = runner.invoke(app, ["theory", "teacher", "--dists", "cauchy", "--input-dim", "8", "--hidden", "16",
-                            "--output-dim", "2", "--eps", "1,2", "--gammas", "1", "--sap-gammas", "1",
-                            "--densities", "0.5", "--n-test", "64", "--out", str(tmp_path), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "theory",
+            "teacher",
+            "--dists",
+            "cauchy",
+            "--input-dim",
+            "8",
+            "--hidden",
+            "16",
+            "--output-dim",
+            "2",
+            "--eps",
+            "1,2",
+            "--gammas",
+            "1",
+            "--sap-gammas",
+            "1",
+            "--densities",
+            "0.5",
+            "--n-test",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert [p["method"] for p in data[0]["points"]] == ["lq_bound", "lq_bound", "lq_index", "sap", "magnitude"]
     assert (tmp_path / "theory_teacher.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "theory_teacher.json").read_text()) == data
-    r = runner.invoke(app, ["theory", "teacher", "--dists", "normal", "--input-dim", "4", "--hidden", "", "--output-dim",
-                            "1", "--eps", "1", "--gammas", "1", "--sap-gammas", "1", "--densities", "0.5", "--n-test",
-                            "16", "--out", str(tmp_path), "--markdown"])
+    r = runner.invoke(
+        app,
+        [
+            "theory",
+            "teacher",
+            "--dists",
+            "normal",
+            "--input-dim",
+            "4",
+            "--hidden",
+            "",
+            "--output-dim",
+            "1",
+            "--eps",
+            "1",
+            "--gammas",
+            "1",
+            "--sap-gammas",
+            "1",
+            "--densities",
+            "0.5",
+            "--n-test",
+            "16",
+            "--out",
+            str(tmp_path),
+            "--markdown",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("| teacher | method |") and "| normal | lq_bound | eps=1 |" in r.stdout
 
 
-@pytest.mark.parametrize("args", [
-    ["theory", "mc", "--eps", "0"],
-    ["theory", "mc", "--eps", "-1"],
-    ["theory", "mc", "--eps", "abc"],
-    ["theory", "mc", "--delta", "0"],
-    ["theory", "mc", "--delta", "1.5"],
-    ["theory", "mc", "--dist", "cauchy"],
-    ["theory", "mc", "--method", "sap"],
-    ["theory", "mc", "--arch", "cnn", "--depths", "1"],
-    ["theory", "mc", "--densities", "0"],
-    ["theory", "mc", "--widths", ""],
-    ["theory", "teacher", "--q", "1"],
-    ["theory", "teacher", "--q", "0"],
-    ["theory", "teacher", "--q", "-0.5"],
-    ["theory", "teacher", "--eps", "0"],
-    ["theory", "teacher", "--dists", "laplace"],
-    ["theory", "teacher", "--dists", "normal,laplace"],
-    ["theory", "teacher", "--densities", "1.5"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["theory", "mc", "--eps", "0"],
+        ["theory", "mc", "--eps", "-1"],
+        ["theory", "mc", "--eps", "abc"],
+        ["theory", "mc", "--delta", "0"],
+        ["theory", "mc", "--delta", "1.5"],
+        ["theory", "mc", "--dist", "cauchy"],
+        ["theory", "mc", "--method", "sap"],
+        ["theory", "mc", "--arch", "cnn", "--depths", "1"],
+        ["theory", "mc", "--densities", "0"],
+        ["theory", "mc", "--widths", ""],
+        ["theory", "teacher", "--q", "1"],
+        ["theory", "teacher", "--q", "0"],
+        ["theory", "teacher", "--q", "-0.5"],
+        ["theory", "teacher", "--eps", "0"],
+        ["theory", "teacher", "--dists", "laplace"],
+        ["theory", "teacher", "--dists", "normal,laplace"],
+        ["theory", "teacher", "--densities", "1.5"],
+    ],
+)
 def test_cli_theory_bad_input_exit_2(args, tmp_path):
-    r = runner.invoke(app, args + ["--out", str(tmp_path)] + (["--db", str(tmp_path / "r.db")] if args[1] == "mc" else []))
+    r = runner.invoke(
+        app, args + ["--out", str(tmp_path)] + (["--db", str(tmp_path / "r.db")] if args[1] == "mc" else [])
+    )
     assert r.exit_code == 2, r.output
     assert not (tmp_path / "r.db").exists()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from pqprune.data import get_dataset
-from pqprune.models import build_model
-from pqprune.train import (
+from pqprune.experiment.data.registry import get_dataset
+from pqprune.experiment.models import build_model
+from pqprune.experiment.train import (
     Metrics,
     TrainConfig,
     augment_crop_flip,
@@ -135,7 +135,10 @@ def test_regression_reports_mse_and_r2() -> None:
     model = build_model("mlp", data.input_shape, data.num_classes, seed=0, hidden=16, layers=1)
     res = train_epochs(model, data.train, 3, TrainConfig(lr=0.05, batch_size=50))
     assert all(math.isfinite(e.loss) for e in res.epochs)
-    assert evaluate(model, data.test).loss < evaluate(build_model("mlp", (5,), 2, seed=0, hidden=16, layers=1), data.test).loss
+    assert (
+        evaluate(model, data.test).loss
+        < evaluate(build_model("mlp", (5,), 2, seed=0, hidden=16, layers=1), data.test).loss
+    )
 
 
 def test_keyboard_interrupt_still_enforces_after_step(digits) -> None:

@@ -28,14 +28,26 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the
+    private ``0o600`` of a temporary file, so a results folder shared on a cluster stays readable.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        tmp.chmod(0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -46,7 +58,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-def save_tensors(tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def save_tensors(
+    tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to the CPU."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
@@ -85,7 +99,9 @@ def read_format_metadata(path: str | os.PathLike, fmt: str, max_version: int, wh
     except ValueError:
         raise FileFormatError(f"{path}: bad {what} format version {meta.get('format_version')!r}") from None
     if version > max_version:
-        raise FileFormatError(f"{path}: {what} format version {version} is newer than this pqprune reads ({max_version})")
+        raise FileFormatError(
+            f"{path}: {what} format version {version} is newer than this pqprune reads ({max_version})"
+        )
     return meta
 
 

@@ -1,0 +1,67 @@
+"""The ``pqprune`` Typer application and what every command shares: one-line errors with exit code 2, parsing helpers."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Sparsity-informed neural-network pruning: measure, prune, compare, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error line and exit with code 2 (a usage or input error)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def main() -> None:
+    app()
+
+
+def _parse_kv(items: list[str] | None, what: str) -> dict:
+    """``KEY=VALUE`` pairs; values read as YAML scalars (numbers, booleans, lists like [64,64])."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"{what} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+_INPUT_ERRORS: tuple = ()
+
+
+def _input_errors() -> tuple:
+    """The exceptions that mean bad input (exit 2), imported lazily."""
+    from pqprune.experiment.data.registry import DatasetNotFound
+    from pqprune.experiment.settings import SettingsError
+    from pqprune.files import FileFormatError
+    from pqprune.store.database import StoreError
+
+    return (SettingsError, DatasetNotFound, StoreError, FileFormatError)
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _csv_values(option: str, value: str, cast: type) -> list:
+    """Parse a comma-separated option (``--widths 16,32,64``) or fail with exit code 2 naming the option."""
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        fail(f"{option}: give at least one value")
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        fail(f"{option}: expected comma-separated {cast.__name__} values, got {value!r}")

@@ -1,0 +1,72 @@
+"""``pqprune export``: a pruned model written compactly (sparse) or physically smaller (shrunk)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from pqprune.cli.app import _input_errors, app, fail
+from pqprune.cli.sources import _export_model, _export_source, _parse_shape
+from pqprune.cli.tables import _metrics_table
+
+# --------------------------------------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_command(
+    source: str = typer.Argument(
+        ..., help="A run directory (runs/<run_id>: its last round) or a .safetensors/.pt state dict."
+    ),
+    fmt: str = typer.Option(
+        ..., "--format", help="sparse (compact encoding, same model) or shrunk (dead neurons removed)."
+    ),
+    out: str = typer.Option(..., "--out", help="Output .safetensors file (written atomically)."),
+    masks: str | None = typer.Option(None, "--masks", help="Masks of a state-dict SOURCE (the engine's mask file)."),
+    model: str | None = typer.Option(None, "--model", help="Architecture for shrunk / FLOPs (default: the run's)."),
+    data: str | None = typer.Option(
+        None, "--data", help="Data set giving the input shape and classes (default: the run's)."
+    ),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="Input shape without batch, e.g. 1,28,28."),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Outputs of the model (default: from the data or the head)."
+    ),
+    model_option: list[str] | None = typer.Option(
+        None, "--model-option", help="KEY=VALUE option of the model (repeatable)."
+    ),
+) -> None:
+    """Write a pruned model compactly (sparse) or physically smaller (shrunk); print its metrics before and after."""
+    import os
+
+    from pqprune import export
+    from pqprune.files import FileFormatError
+
+    if fmt not in ("sparse", "shrunk"):
+        fail(f"--format must be sparse or shrunk, got {fmt!r}")
+    shape = _parse_shape(input_shape)
+    try:
+        state, mask_map, settings, what = _export_source(source, masks)
+        export.check_pruned(mask_map)
+        net = None
+        if fmt == "shrunk" or model is not None:
+            net, shape = _export_model(state, settings, model, data, shape, num_classes, model_option)
+        before = export.model_metrics(net if net is not None else state, mask_map, shape)
+        if fmt == "sparse":
+            export.save_sparse(state, mask_map, out)
+            after = dict(before)
+        else:
+            small = export.shrink(net, mask_map)
+            export.save_shrunk(small, out)
+            after = export.model_metrics(small, None, shape)
+    except (FileFormatError, ValueError, TypeError, *_input_errors()) as err:
+        fail(str(err))
+    after["file_bytes"] = os.path.getsize(out)
+    before["file_bytes"] = before["dense_bytes"]
+    Console().print(
+        _metrics_table(f"export {fmt}: {what}", {"before (dense float32)": before, f"after ({fmt})": after})
+    )
+    ratio = after["file_bytes"] / before["dense_bytes"]
+    Console().print(
+        f"wrote {out}: {after['file_bytes']:,} bytes, {100 * ratio:.1f}% of the dense float32 model"
+        + ("" if fmt == "shrunk" else "; load it with pqprune.export.load_sparse"),
+        highlight=False,
+    )

@@ -1,0 +1,71 @@
+"""Progress of runs on the terminal, driven by the runner's progress events."""
+
+from __future__ import annotations
+
+from pqprune.cli.app import err_console
+from pqprune.cli.tables import _fmt
+
+
+class _RunDisplay:
+    """Rich progress bars (on stderr) driven by the runner's progress events: rounds and epochs of each run."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err_console,
+            disable=not enabled,
+            transient=False,
+        )
+        self.tasks: dict = {}  # (run_id, kind) -> task id
+
+    def __enter__(self) -> _RunDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _task(self, run_id: str, kind: str, total: int) -> int:
+        key = (run_id, kind)
+        if key not in self.tasks:
+            label = f"{run_id} rounds" if kind == "rounds" else "  epochs"
+            self.tasks[key] = self.progress.add_task(label, total=total, info="")
+        return self.tasks[key]
+
+    def __call__(self, event: dict) -> None:
+        kind, run_id = event["event"], event.get("run_id", "")
+        if kind == "start":
+            task = self._task(run_id, "rounds", event["rounds"])
+            done = (
+                event["rounds"]
+                if event["reused"]
+                else (0 if event["resumed_from"] is None else event["resumed_from"] + 1)
+            )
+            info = (
+                "finished earlier: reused"
+                if event["reused"]
+                else (f"resumed after round {event['resumed_from']}" if event["resumed_from"] is not None else "")
+            )
+            self.progress.update(task, completed=done, info=info)
+        elif kind == "round":
+            self.progress.reset(self._task(run_id, "epochs", event["epochs"]), total=event["epochs"], info="")
+        elif kind == "epoch":
+            acc = next((v for k, v in event.items() if k.endswith("_accuracy")), None)
+            info = f"loss {event['loss']:.3f}" + (f"  acc {acc:.4f}" if acc is not None else "")
+            self.progress.update(self._task(run_id, "epochs", event["epochs"]), completed=event["epoch"], info=info)
+        elif kind == "round_end":
+            m = event["metrics"]
+            info = f"round {event['round']}: density {m['density']:.4f}  test acc {_fmt(m['test_accuracy'])}"
+            self.progress.update(self._task(run_id, "rounds", event["rounds"]), completed=event["round"] + 1, info=info)
+        elif kind == "end":
+            epochs = self.tasks.pop((run_id, "epochs"), None)
+            if epochs is not None:
+                self.progress.remove_task(epochs)
+        elif kind == "skipped":
+            self.progress.add_task(f"{run_id} rounds", total=1, completed=1, info="finished earlier: skipped")

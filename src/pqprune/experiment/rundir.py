@@ -1,0 +1,184 @@
+"""The folder of one run: ``settings.json``, ``initial.safetensors``, ``round_XXX.{json,safetensors}`` and a lock.
+
+A round's tensors are written first and its JSON last, both atomically, so a round whose JSON exists is complete.
+The checkpoint files are the source of truth; the database is an index of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from pqprune.files import FileFormatError, load_state_dict, save_json, save_tensors
+
+CHECKPOINT_FORMAT = "pqprune.round"
+CHECKPOINT_VERSION = 1
+
+
+class RunBusy(RuntimeError):
+    """Another process is computing the same run right now."""
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def _flatten(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
+    """Nested dicts/lists of tensors → a JSON skeleton with ``{"__tensor__": key}`` leaves, tensors collected."""
+    if isinstance(obj, Tensor):
+        key = prefix
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, Mapping):
+        return {str(k): _flatten(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def _unflatten(skeleton: Any, tensors: Mapping[str, Tensor]) -> Any:
+    if isinstance(skeleton, Mapping):
+        if set(skeleton) == {"__tensor__"}:
+            return tensors[skeleton["__tensor__"]]
+        return {k: _unflatten(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [_unflatten(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def _round_name(t: int) -> str:
+    return f"round_{t:03d}"
+
+
+class RunDir:
+    """The folder of one run: ``settings.json``, ``initial.safetensors``, ``round_XXX.{json,safetensors}``, a lock."""
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        self.path = root / run_id
+        self.run_id = run_id
+
+    def json(self, t: int) -> Path:
+        return self.path / f"{_round_name(t)}.json"
+
+    def tensors(self, t: int) -> Path:
+        return self.path / f"{_round_name(t)}.safetensors"
+
+    @property
+    def initial(self) -> Path:
+        return self.path / "initial.safetensors"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock for computing this run; released by the OS even on SIGKILL."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / ".lock", "w")  # noqa: SIM115  (held open: the lock lives as long as the handle)
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusy(f"run {self.run_id} is being computed by another process ({self.path})") from None
+            yield
+        finally:
+            fh.close()
+
+    def is_live(self) -> bool:
+        """Whether a process is computing this run now (holds its lock). A run marked ``running`` in the database
+        that is not live was killed: rerunning the same command resumes it."""
+        path = self.path / ".lock"
+        if not path.exists():
+            return False
+        with open(path, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    def finished_rounds(self) -> list[int]:
+        """Rounds whose JSON exists (a round's JSON is written last, so it marks the round complete)."""
+        out = []
+        for p in self.path.glob("round_*.json"):
+            m = re.fullmatch(r"round_(\d+)\.json", p.name)
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def read_round(self, t: int) -> dict[str, Any]:
+        path = self.json(t)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise FileFormatError(f"{path}: unreadable round checkpoint ({err})") from err
+        if doc.get("format") != CHECKPOINT_FORMAT or int(doc.get("version", 0)) > CHECKPOINT_VERSION:
+            raise FileFormatError(f"{path}: not a pqprune round checkpoint of version <= {CHECKPOINT_VERSION}")
+        return doc
+
+    def last_checkpoint(self) -> tuple[int, dict[str, Tensor], dict[str, Tensor]] | None:
+        """(round, model weights, masks) of the last complete round that kept its tensors; None if there is none.
+
+        The masks are the pruner's after that round's pruning step, so for an unfinished run they may already be
+        those of the next round; they always fit the weights (pruning only removes).
+        """
+        rounds = [t for t in self.finished_rounds() if self.tensors(t).exists()]
+        if not rounds:
+            return None
+        t = rounds[-1]
+        doc = self.read_round(t)
+        tensors = load_state_dict(self.tensors(t))
+        state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+        skeleton = (doc.get("pruner") or {}).get("masks") or {}
+        try:
+            masks = {name: tensors[leaf["__tensor__"]] for name, leaf in skeleton.items()}
+        except (KeyError, TypeError) as err:
+            raise FileFormatError(f"{self.tensors(t)}: masks named in {self.json(t)} are missing ({err})") from err
+        return t, state, masks
+
+    def settings(self) -> dict[str, Any] | None:
+        """The run's settings as saved in ``settings.json``; None when missing or unreadable."""
+        try:
+            return json.loads((self.path / "settings.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], pruner_state: Mapping[str, Any]) -> Any:
+    """Write the round's tensors atomically (model weights, masks, pruner state); returns the pruner's skeleton.
+
+    The initial weights are left out: they are saved once per run in ``initial.safetensors``.
+    """
+    tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in model_state.items()}
+    skeleton = _flatten({k: v for k, v in pruner_state.items() if k != "initial"}, "pruner", tensors)
+    save_tensors(tensors, rd.tensors(t), {"format": CHECKPOINT_FORMAT, "round": str(t)})
+    return skeleton
+
+
+def _write_round_json(rd: RunDir, t: int, doc: Mapping[str, Any], keep: str) -> None:
+    """Write the round's JSON atomically, after its tensors: the JSON marks the round complete. Then drop the
+    previous round's tensors if only the last are kept (never before: a crash must leave a resumable round)."""
+    save_json(_json_safe({**doc, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}), rd.json(t))
+    if keep == "last" and t > 0:
+        rd.tensors(t - 1).unlink(missing_ok=True)
+
+
+def _load_pruner_state(rd: RunDir, t: int, doc: Mapping[str, Any], initial: Mapping[str, Tensor]) -> dict[str, Any]:
+    tensors = load_state_dict(rd.tensors(t))
+    state = _unflatten(doc["pruner"], tensors)
+    state["initial"] = dict(initial)
+    return state
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf → None, so checkpoint JSON stays standard JSON."""
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

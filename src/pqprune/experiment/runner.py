@@ -1,0 +1,259 @@
+"""Running one experiment: start, resume or reuse a run (:func:`run_experiment`).
+
+The checkpoint of the last complete round holds the masks and the pruner's state; the weights of the next round
+come from the initial weights by rewinding, so a resumed run ends exactly as an uninterrupted one. Under
+``torchrun`` with several processes (docs/distributed.md) every process runs the same loop under DDP with the same
+global batch; the masks, computed by each from identical weights, are checked to be identical every round; only
+rank 0 writes files and the database. The number of processes is not part of the identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from pqprune.experiment import distributed
+from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
+from pqprune.experiment.prepare import Prepared, prepare
+from pqprune.experiment.rundir import RunDir
+from pqprune.experiment.settings import RunSettings, SettingsError
+from pqprune.experiment.train import resolve_device
+from pqprune.files import FileFormatError, load_state_dict, save_json, save_tensors
+from pqprune.store.database import DEFAULT_DB, Store
+
+
+def _sync_store(store: Store, rd: RunDir, upto: int) -> None:
+    """Write rounds 0..upto from their checkpoint JSONs to the database (idempotent; the files are the truth)."""
+    have = {r["round"] for r in store.rounds(rd.run_id)}
+    for t in range(upto + 1):
+        if t not in have:
+            doc = rd.read_round(t)
+            store.record_round(rd.run_id, t, doc["metrics"], doc.get("units", []))
+
+
+def run_experiment(
+    settings: RunSettings,
+    db: Store | str | os.PathLike = DEFAULT_DB,
+    runs_dir: str | os.PathLike = "runs",
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run (or resume, or reuse) the prune–retrain loop of ``settings``; see the module docstring.
+
+    ``db`` is an open :class:`~pqprune.store.Store` or a database path. ``progress`` receives event dicts
+    (``event`` = ``start``, ``round``, ``epoch``, ``round_end``, ``end``) for display.
+
+    Raises :class:`SettingsError`, :class:`pqprune.experiment.data.DatasetNotFound` or :class:`~pqprune.store.StoreError`
+    before anything is written; :class:`RunBusy` if another process computes the same run. On Ctrl-C the run is
+    marked ``interrupted`` (the checkpoint of the last finished round stays) and ``KeyboardInterrupt``
+    propagates; on any other error it is marked ``failed``.
+
+    Launched by torchrun with several processes (docs/distributed.md), every process calls this with the same
+    arguments: all train together under DDP; only rank 0 opens the database, takes the run's lock, writes files
+    and reports progress. The other ranks return a result with the rounds they computed (the database's rows
+    are rank 0's). The number of processes is not part of the run's identity.
+    """
+    progress = progress or _no_progress
+    res = settings.validate()  # before any process group: bad input fails alike on every rank
+    with distributed.session(resolve_device(res.device)) as ctx:
+        prep = prepare(res, device=ctx.device if ctx.active else None)  # validates; writes nothing
+        res = prep.settings
+        run_id, run_hash = res.run_id(), res.run_hash()
+        rd = RunDir(Path(runs_dir), run_id)
+        if not ctx.is_main:
+            return _run_follower(prep, rd, ctx)
+        with contextlib.ExitStack() as stack:
+            try:
+                _check_runs_dir(Path(runs_dir))
+                store = stack.enter_context(_open_store(db))
+                stack.enter_context(rd.lock())
+                last_done = _resume_point(rd, res, run_hash)
+                load_initial = rd.initial.exists() and last_done is not None
+            except BaseException as err:
+                distributed.announce_start(ctx, error=f"{type(err).__name__}: {err}")
+                raise
+            distributed.announce_start(ctx, {"last_done": last_done, "load_initial": load_initial})
+            return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx)
+
+
+@contextlib.contextmanager
+def _open_store(db: Store | str | os.PathLike) -> Iterator[Store]:
+    if isinstance(db, Store):
+        yield db
+        return
+    with Store(db) as store:
+        yield store
+
+
+def _check_runs_dir(root: Path) -> None:
+    ancestor = root
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SettingsError(f"cannot write run folders under {root}: {ancestor} is not a writable folder")
+
+
+def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
+    """The last complete round whose tensors can be read (``res.rounds`` = finished), or None to start afresh.
+
+    Raises :class:`FileFormatError` if the folder holds another run's checkpoints.
+    """
+    done = rd.finished_rounds()
+    if done:
+        try:
+            saved = json.loads((rd.path / "settings.json").read_text())
+        except (OSError, ValueError) as err:
+            raise FileFormatError(f"{rd.path}: has round checkpoints but no readable settings.json ({err})") from err
+        if saved.get("run_hash") != run_hash:
+            raise FileFormatError(f"{rd.path}: holds run {saved.get('run_hash')}, not {run_hash}; move the folder away")
+    last_done = max((t for t in done if t <= res.rounds), default=None)
+    # Only rounds whose tensors are readable can be resumed from (the JSON alone is not enough).
+    while last_done is not None and not rd.tensors(last_done).exists() and last_done < res.rounds:
+        last_done = last_done - 1 if last_done - 1 in done else None
+    return last_done
+
+
+def _initial_weights(prep: Prepared, rd: RunDir, load: bool) -> dict[str, Tensor]:
+    """The run's initial weights: read from ``initial.safetensors`` into the model (``load``), else the model's own."""
+    if load:
+        initial = load_state_dict(rd.initial)
+        prep.model.load_state_dict(initial)
+        return initial
+    return {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
+
+
+def _run_locked(
+    prep: Prepared,
+    rd: RunDir,
+    store: Store,
+    run_hash: str,
+    progress: Progress,
+    last_done: int | None,
+    load_initial: bool,
+    ctx: distributed.Context,
+) -> RunResult:
+    res = prep.settings
+    settings_doc: dict[str, Any] = {
+        "run_id": rd.run_id,
+        "run_hash": run_hash,
+        "identity": res.identity(),
+        "settings": res.to_dict(),
+    }
+    # What the database's settings JSON holds: the settings, plus (distributed runs only) how they were launched.
+    db_settings = {**res.to_dict(), "launch": ctx.describe()} if ctx.active else res.to_dict()
+    if ctx.active:
+        settings_doc["launch"] = ctx.describe()
+
+    if last_done == res.rounds:  # finished: reuse
+        run = store.get_run(rd.run_id)
+        if run is None or run["status"] != "finished" or run["rounds_done"] != res.rounds + 1:
+            store.start_run(rd.run_id, run_hash, db_settings)
+            _sync_store(store, rd, res.rounds)
+            store.set_status(rd.run_id, "finished")
+        progress(
+            {
+                "event": "start",
+                "run_id": rd.run_id,
+                "rounds": res.rounds + 1,
+                "epochs": res.epochs,
+                "reused": True,
+                "resumed_from": None,
+            }
+        )
+        progress({"event": "end", "run_id": rd.run_id, "status": "finished", "reused": True})
+        run = store.get_run(rd.run_id)
+        return RunResult(
+            rd.run_id,
+            "finished",
+            rd.path,
+            store.rounds(rd.run_id),
+            reused=True,
+            seconds=run["seconds"] if run else 0.0,
+            settings=res.to_dict(),
+        )
+
+    start = time.perf_counter()
+    save_json(settings_doc, rd.path / "settings.json")
+    store.start_run(rd.run_id, run_hash, db_settings)
+    status, message = "failed", None
+    try:
+        initial = _initial_weights(prep, rd, load_initial)
+        if not load_initial:
+            save_tensors(initial, rd.initial, {"format": "pqprune.initial"})
+        loop = _Loop(prep, rd, store, progress, ctx)
+        first = 0
+        if last_done is not None:
+            loop.restore(last_done, initial)
+            _sync_store(store, rd, last_done)
+            first = last_done + 1
+        store.truncate_rounds(rd.run_id, first - 1)  # rows of rounds that will be recomputed are stale
+        progress(
+            {
+                "event": "start",
+                "run_id": rd.run_id,
+                "rounds": res.rounds + 1,
+                "epochs": res.epochs,
+                "reused": False,
+                "resumed_from": last_done,
+            }
+        )
+        for t in range(first, res.rounds + 1):
+            loop.round(t)
+        status = "finished"
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
+        raise
+    except BaseException as err:
+        message = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        seconds = time.perf_counter() - start
+        with contextlib.suppress(Exception):  # never mask the original error with a database one
+            store.set_status(rd.run_id, status, add_seconds=seconds, message=message)
+        progress({"event": "end", "run_id": rd.run_id, "status": status, "reused": False})
+    run = store.get_run(rd.run_id)
+    return RunResult(
+        rd.run_id,
+        status,
+        rd.path,
+        store.rounds(rd.run_id),
+        resumed_from=last_done,
+        seconds=run["seconds"] if run else seconds,
+        settings=res.to_dict(),
+    )
+
+
+def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunResult:
+    """A rank > 0 of a distributed run: train and prune in step with rank 0, write nothing.
+
+    It starts where rank 0 says (the same last complete round, read from rank 0's checkpoint files, which are
+    complete before rank 0 announces them) and returns the metrics it computed itself.
+    """
+    res = prep.settings
+    start = distributed.receive_start(ctx)  # PeerFailed if rank 0 could not start
+    last_done = start["last_done"]
+    if last_done == res.rounds:
+        return RunResult(rd.run_id, "finished", rd.path, [], reused=True, settings=res.to_dict())
+    t0 = time.perf_counter()
+    initial = _initial_weights(prep, rd, bool(start["load_initial"]))
+    loop = _Loop(prep, rd, None, _no_progress, ctx)
+    first = 0
+    if last_done is not None:
+        loop.restore(last_done, initial)
+        first = last_done + 1
+    rounds = [{"round": t, **loop.round(t)} for t in range(first, res.rounds + 1)]
+    return RunResult(
+        rd.run_id,
+        "finished",
+        rd.path,
+        rounds,
+        resumed_from=last_done,
+        seconds=time.perf_counter() - t0,
+        settings=res.to_dict(),
+    )

@@ -1,0 +1,376 @@
+"""The settings of a run (:class:`RunSettings`), their help, config files, and the run's identity.
+
+A run's identity is a hash of the settings that differ from their defaults (OpenLTH style), so the same command
+names the same run: ``run_id = "<method>-<hash[:10]>"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pqprune.experiment import data as data_mod
+from pqprune.experiment import models as models_mod
+from pqprune.experiment.train import TrainConfig, resolve_device
+from pqprune.measure.indices import check_pq
+from pqprune.measure.weights import check_scope
+from pqprune.prune import methods as methods_mod
+from pqprune.prune.methods.base import Method
+
+# The pruning methods a run accepts, short name → name in pqprune.prune.methods' registry.
+METHODS: dict[str, str] = {
+    "sap": "sap",
+    "lt": "lottery_ticket",
+    "os": "one_shot",
+    "random": "random",
+    "lq": "lq_neuron",
+}
+SELECT_ON = ("val", "test")
+KEEP = ("last", "all")
+# Settings that say where or how to compute, not what: they do not change a run's identity.
+NOT_IDENTITY = frozenset({"device", "data_root", "download", "keep_checkpoints"})
+
+
+class SettingsError(ValueError):
+    """A run's settings are invalid or incompatible (unknown name, bad value, model that cannot take the data)."""
+
+
+# --------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of a run, with its default. Defaults follow Diao et al. (2023) and its code.
+
+    ``rounds`` is T, the number of pruning steps: the loop trains T + 1 times (round 0 is the dense model).
+    :data:`HELP` says what each setting means.
+    """
+
+    data: str = "mnist5k"
+    model: str = "mlp"
+    method: str = "sap"
+    scope: str = "auto"
+    rounds: int = 30
+    epochs: int = 50
+    seed: int = 0
+    p: float = 0.5
+    q: float = 1.0
+    eta: float = 0.0
+    gamma: float = 1.0
+    beta: float = 0.9
+    ratio: float = 0.2
+    rewind_step: int = 0
+    batch_size: int = 250
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    clip_norm: float = 1.0
+    schedule: str = "cosine"
+    augment: str = "auto"
+    val_fraction: float = 0.1
+    select_on: str = "val"
+    data_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    device: str = "auto"
+    data_root: str = ""
+    download: bool = False
+    keep_checkpoints: str = "last"
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def names(cls) -> list[str]:
+        """All setting names, in declaration order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return cls().to_dict()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "settings") -> RunSettings:
+        """Settings from a mapping (dashes in keys read as underscores); an unknown key is a :class:`SettingsError`."""
+        known = set(cls.names())
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                close = _closest(name, known)
+                hint = f" (did you mean {close!r}?)" if close else ""
+                raise SettingsError(
+                    f"{source}: unknown setting {key!r}{hint}; known settings: {', '.join(cls.names())}"
+                )
+            clean[name] = _coerce(name, value, source)
+        return cls(**clean)
+
+    def replace(self, **changes: Any) -> RunSettings:
+        """A copy with some settings changed (values coerced and checked like :meth:`from_dict`)."""
+        return RunSettings.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    # ------------------------------------------------------------------ meaning
+    def resolved(self) -> RunSettings:
+        """Canonical names (``lottery_ticket`` → ``lt``, ``MNIST-5k`` → ``mnist5k``) and ``scope="auto"`` resolved."""
+        method = _canonical_method(self.method)
+        scope = self.scope if self.scope != "auto" else methods_mod.get(METHODS[method]).default_scope
+        return dataclasses.replace(
+            self,
+            method=method,
+            scope=scope,
+            data=_canonical_name(self.data, data_mod.available(), "data set"),
+            model=_canonical_name(self.model, models_mod.available(), "model"),
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the run: those differing from their defaults, where-to-compute ones excluded."""
+        res = self.resolved().to_dict()
+        base = RunSettings().resolved().to_dict()
+        base["scope"] = RunSettings(method=res["method"]).resolved().scope  # `--scope global` of SAP is its default
+        return {k: v for k, v in res.items() if k not in NOT_IDENTITY and v != base[k]}
+
+    def run_hash(self) -> str:
+        """SHA-256 of the JSON of :meth:`identity` (sorted keys): equal settings, equal hash."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def run_id(self) -> str:
+        return f"{self.resolved().method}-{self.run_hash()[:10]}"
+
+    def validate(self) -> RunSettings:
+        """Check every value (cheap: loads no data); returns the resolved settings or raises :class:`SettingsError`."""
+        res = self.resolved()
+        checks = [
+            (res.rounds >= 0, f"rounds must be >= 0, got {res.rounds}"),
+            (res.epochs >= 1, f"epochs must be >= 1, got {res.epochs}"),
+            (res.seed >= 0, f"seed must be >= 0, got {res.seed}"),
+            (res.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {res.select_on!r}"),
+            (res.keep_checkpoints in KEEP, f"keep_checkpoints must be one of {KEEP}, got {res.keep_checkpoints!r}"),
+            (
+                res.augment in ("auto", "none", "crop_flip"),
+                f"augment must be auto, none or crop_flip, got {res.augment!r}",
+            ),
+            (0 <= res.val_fraction < 1, f"val_fraction must be in [0, 1), got {res.val_fraction}"),
+            (not (res.select_on == "val" and res.val_fraction == 0), "select_on val needs val_fraction > 0"),
+            (res.clip_norm >= 0, f"clip_norm must be >= 0 (0 = no clipping), got {res.clip_norm}"),
+            (res.rewind_step >= 0, f"rewind_step must be >= 0, got {res.rewind_step}"),
+            (0 < res.ratio < 1, f"ratio must be in (0, 1), got {res.ratio}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        try:
+            check_pq(res.p, res.q)  # every run reports I_{p,q}
+            check_scope(res.scope)
+            method = build_method(res)
+            method.check_scope(res.scope)
+            res.train_config(augment=None)
+            resolve_device(res.device)
+            _check_options(res.data_options, data_mod.options(res.data), f"data set {res.data!r}")
+            _check_options(res.model_options, models_mod.options(res.model), f"model {res.model!r}")
+        except SettingsError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise SettingsError(str(err)) from err
+        return res
+
+    def train_config(self, augment: str | None) -> TrainConfig:
+        return TrainConfig(
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            schedule=self.schedule,
+            clip_norm=self.clip_norm if self.clip_norm > 0 else None,
+            augment=augment,
+        )
+
+
+HELP: dict[str, str] = {
+    "data": "Data set: " + ", ".join(data_mod.available()) + ".",
+    "model": "Model: " + ", ".join(models_mod.available()) + " (adapted to the data's input shape).",
+    "method": "Pruning method: sap (SAP), lt (lottery ticket), os (one-shot), random, lq (l_q per neuron).",
+    "scope": "Unit of each pruning decision: global, layer, neuron, or auto (the method's own: neuron for lq).",
+    "rounds": "Pruning rounds T; the loop trains T+1 times (round 0 is dense).",
+    "epochs": "Training epochs per round (cosine schedule restarted each round).",
+    "seed": "Seed of the initial weights, the validation split, batch order and random pruning.",
+    "p": "SAP's p (0 < p < q); for lq, the l_q exponent (0 < p < 1).",
+    "q": "SAP's q.",
+    "eta": "SAP's eta_r >= 0 (larger prunes more).",
+    "gamma": "SAP's gamma > 0 (scales the pruned fraction).",
+    "beta": "SAP's cap beta in (0, 1] on the fraction pruned per round.",
+    "ratio": "Fraction pruned per round by lt, os and random.",
+    "rewind_step": "lt: rewind to the weights after this many training steps of round 0 (0 = initial).",
+    "batch_size": "Training batch size.",
+    "lr": "Learning rate (SGD).",
+    "momentum": "SGD momentum.",
+    "nesterov": "Nesterov momentum.",
+    "weight_decay": "Weight decay.",
+    "clip_norm": "Gradient-norm clipping after masking the gradients (0 = off).",
+    "schedule": "Learning-rate schedule per round: cosine or constant.",
+    "augment": "Training augmentation: auto (the data set's own: crop+flip for CIFAR), none, crop_flip.",
+    "val_fraction": "Fraction of the training set held out for validation.",
+    "select_on": "Keep each round's best epoch by val accuracy, or by test accuracy (the paper's protocol).",
+    "data_options": "Extra options of the data set (a mapping; e.g. teacher's n_train).",
+    "model_options": "Extra options of the model (a mapping; e.g. mlp's hidden).",
+    "device": "auto (cuda if present), cpu or cuda[:N]; not part of the run's identity.",
+    "data_root": "Folder of torchvision-format data sets (default $PQPRUNE_DATA_ROOT or ./data).",
+    "download": "Download a missing torchvision data set (needs a network).",
+    "keep_checkpoints": "last: keep only the last round's tensors (every round's JSON stays); all: keep every round's.",
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a value (e.g. a string from the command line) to the type of setting ``name``."""
+    default = getattr(RunSettings(), name)
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError(value)
+            return out
+        if kind is dict:
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return dict(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        raise SettingsError(f"{source}: setting {name!r} must be a {kind.__name__}, got {value!r}") from None
+
+
+def _closest(name: str, known: Iterable[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(known), n=1)
+    return match[0] if match else None
+
+
+def _canonical_name(name: str, available: Sequence[str], what: str) -> str:
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in available:
+        raise SettingsError(f"unknown {what} {name!r}; choose one of: {', '.join(available)}")
+    return key
+
+
+def _canonical_method(name: str) -> str:
+    key = name.strip().lower()
+    if key in METHODS:
+        return key
+    for short, registered in METHODS.items():
+        if key == registered:
+            return short
+    raise SettingsError(f"unknown pruning method {name!r}; choose one of: {', '.join(METHODS)}")
+
+
+def _check_options(given: Mapping[str, Any], accepted: Mapping[str, Any], what: str) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise SettingsError(
+            f"unknown option(s) {', '.join(unknown)} for {what}; accepted: {', '.join(accepted) or 'none'}"
+        )
+
+
+def build_method(settings: RunSettings) -> Method:
+    """The pruning method of resolved ``settings`` (see :class:`RunSettings` for which settings each uses)."""
+    name = METHODS[settings.method]
+    if settings.method == "sap":
+        kw: dict[str, Any] = dict(
+            p=settings.p, q=settings.q, eta=settings.eta, gamma=settings.gamma, beta=settings.beta
+        )
+    elif settings.method == "lt":
+        kw = dict(ratio=settings.ratio, rewind_step=settings.rewind_step)
+    elif settings.method == "os":
+        kw = dict(ratio=settings.ratio)
+    elif settings.method == "random":
+        kw = dict(ratio=settings.ratio, seed=settings.seed)
+    else:  # lq, index rule: (p, q) := (p, 1)
+        kw = dict(q=settings.p, eta=settings.eta, gamma=settings.gamma, beta=settings.beta)
+    return methods_mod.get(name, **kw)
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file: a flat mapping of setting names.
+
+    Keys are checked (an unknown one is a :class:`SettingsError` naming the file); values are returned as read.
+    A ``[run]`` table / ``run:`` mapping is accepted as the whole file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SettingsError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser as a package
+                try:
+                    import tomli as tomllib  # type: ignore[no-redef]
+                except ImportError:
+                    raise SettingsError(
+                        f"config file {path}: reading TOML needs Python 3.11+ or the tomli package"
+                    ) from None
+            obj: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            obj = yaml.safe_load(text)
+            obj = {} if obj is None else obj
+        else:
+            raise SettingsError(f"config file {path}: use a .yaml, .yml or .toml file")
+    except SettingsError:
+        raise
+    except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise SettingsError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from err
+    if isinstance(obj, Mapping) and set(obj) == {"run"} and isinstance(obj["run"], Mapping):
+        obj = obj["run"]
+    if not isinstance(obj, Mapping):
+        raise SettingsError(f"config file {path}: expected a mapping of setting names to values")
+    RunSettings.from_dict(obj, source=f"config file {path}")  # checks keys and types
+    return {str(k).replace("-", "_"): v for k, v in obj.items()}
+
+
+def method_label(settings: RunSettings | Mapping[str, Any]) -> str:
+    """A short human name: ``SAP(0.5,1)``, ``LT``, ``OS``, ``Random``, ``LQ(0.5)``."""
+    s = settings if isinstance(settings, Mapping) else settings.to_dict()
+    m = _canonical_method(str(s["method"]))
+    if m == "sap":
+        return f"SAP({s['p']:g},{s['q']:g})"
+    if m == "lq":
+        return f"LQ({s['p']:g})"
+    return {"lt": "LT", "os": "OS", "random": "Random"}[m]

@@ -1,0 +1,112 @@
+"""What is measured: the prunable weights of a model, the three scopes, and masks matched to weights.
+
+A unit is the set of entries one statistic and one pruning decision is made over (docs/math.md §1):
+
+* ``global``: all prunable entries of the model, concatenated;
+* ``layer``: one prunable tensor;
+* ``neuron``: one output unit, i.e. one row of ``W.reshape(out_features, -1)``.
+
+Every measure is computed over the *surviving* entries of a unit (masks mark survivors with True).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Scope = Literal["global", "layer", "neuron"]
+SCOPES: tuple[str, ...] = ("global", "layer", "neuron")
+GLOBAL = "global"
+"""Name of the single unit at global scope."""
+
+WeightSource = Tensor | nn.Module | Mapping[str, Tensor]
+Masks = Mapping[str, Tensor]
+Result = float | dict[str, float] | dict[str, Tensor]
+# Module types whose 2-D+ "weight" is not a connection matrix: never pruned by default (math.md §1).
+_NOT_PRUNABLE = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+
+
+# --------------------------------------------------------------------------------------------- discovery
+def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters pqprune prunes by default: those named ``*weight`` with ``dim() > 1``.
+
+    This covers ``nn.Linear``, ``nn.Conv{1,2,3}d`` and attention projections (``in_proj_weight``); weights of
+    embeddings and normalisation layers are left out (math.md §1).
+    """
+    found: dict[str, nn.Parameter] = {}
+    for mod_name, mod in module.named_modules():
+        if isinstance(mod, _NOT_PRUNABLE):
+            continue
+        for p_name, param in mod.named_parameters(recurse=False):
+            if p_name.endswith("weight") and param.dim() > 1:
+                found[f"{mod_name}.{p_name}" if mod_name else p_name] = param
+    return found
+
+
+def is_prunable_entry(name: str, tensor: Tensor) -> bool:
+    """Rule for state dicts, where module types are unknown: floating ``*weight`` tensors with ``dim() > 1``."""
+    return name.endswith("weight") and tensor.dim() > 1 and tensor.is_floating_point()
+
+
+def named_weights(obj: WeightSource) -> dict[str, Tensor]:
+    """Name → tensor for a tensor (named ``"tensor"``), a module or a state dict."""
+    if isinstance(obj, Tensor):
+        return {"tensor": obj.detach()}
+    if isinstance(obj, nn.Module):
+        found = {n: p.detach() for n, p in prunable_weights(obj).items()}
+    elif isinstance(obj, Mapping):
+        found = {}
+        for name, t in obj.items():
+            if not isinstance(t, Tensor):
+                raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
+            if is_prunable_entry(name, t):
+                found[name] = t.detach()
+    else:
+        raise TypeError(f"expected a tensor, an nn.Module or a state dict, got {type(obj).__name__}")
+    if not found:
+        raise ValueError("no prunable weights found (floating tensors named '*weight' with dim() > 1)")
+    return found
+
+
+def as_rows(w: Tensor) -> Tensor:
+    """View a weight as ``(out_units, fan_in)``: a conv filter is flattened over ``in_channels × kernel``."""
+    return w.reshape(1, -1) if w.dim() <= 1 else w.reshape(w.shape[0], -1)
+
+
+def check_masks(weights: Mapping[str, Tensor], masks: Masks | Tensor | None) -> dict[str, Tensor | None]:
+    """Match masks to weights by name; a mask for an unknown name or of the wrong shape is an error.
+
+    For a single tensor (named ``"tensor"``) the mask may be given as a bool tensor instead of a mapping.
+    """
+    if isinstance(masks, Tensor):
+        if list(weights) != ["tensor"]:
+            raise ValueError("a bare mask tensor only goes with a bare weight tensor; pass name → mask otherwise")
+        masks = {"tensor": masks}
+    masks = dict(masks or {})
+    unknown = sorted(set(masks) - set(weights))
+    if unknown:
+        raise ValueError(f"masks name tensors that are not prunable weights here: {unknown}")
+    out: dict[str, Tensor | None] = {}
+    for name, w in weights.items():
+        m = masks.get(name)
+        if m is not None:
+            if m.shape != w.shape:
+                raise ValueError(f"mask for {name!r} has shape {tuple(m.shape)}, the weight has {tuple(w.shape)}")
+            if m.dtype != torch.bool:
+                raise ValueError(f"mask for {name!r} must be a bool tensor, got {m.dtype}")
+        out[name] = m
+    return out
+
+
+def check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")

@@ -1,0 +1,26 @@
+"""The pruning methods, one class per file, behind one registry.
+
+``get("sap", p=1.0, q=2.0)`` builds a method by name or alias, :func:`register` adds one, :func:`available`
+lists them.
+"""
+
+from pqprune.prune.methods.base import Method, Plan, UnitRecord, available, get, register
+from pqprune.prune.methods.lq import LqNeuron
+from pqprune.prune.methods.magnitude import LotteryTicket, OneShot
+from pqprune.prune.methods.random import RandomMatched, RandomPruning
+from pqprune.prune.methods.sap import SAP
+
+__all__ = [
+    "SAP",
+    "LotteryTicket",
+    "LqNeuron",
+    "Method",
+    "OneShot",
+    "Plan",
+    "RandomMatched",
+    "RandomPruning",
+    "UnitRecord",
+    "available",
+    "get",
+    "register",
+]

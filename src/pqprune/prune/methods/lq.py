@@ -1,0 +1,168 @@
+"""l_q adaptive per-neuron pruning [Yang22]: the bound rule and the index rule, docs/math.md §7."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from pqprune.measure.indices import check_lq, pq_from_sums, sap_prune_count
+from pqprune.measure.sums import row_power_sums
+from pqprune.measure.weights import Masks, Scope, check_scope
+from pqprune.prune.methods.base import Method, Plan, Weights, _retained, as_counts, make_records, register, unit_stats
+from pqprune.prune.methods.sap import SAP
+from pqprune.prune.select import magnitude_scores
+
+
+# --------------------------------------------------------------------------------------------- l_q neuron
+@register("lq_neuron", "lq")
+class LqNeuron(Method):
+    """ℓ_q adaptive pruning per neuron [Yang22], math.md §7, with soft sparsity via the ℓ_q quasi-norm, 0<q<1.
+
+    * ``rule="index"`` (as in the authors' code): retained fraction ``m/d = (1+η)^{−1/(1−q)}·SI_q^{−q/(1−q)}``
+      with ``SI_q = 1/(1 − I_{q,1})``, i.e. SAP's arithmetic with ``(p, q) := (q, 1)``; pruned fraction
+      ``min(γ·(1 − m/d), β)`` (γ is the code's constant ``c``). Works at any scope.
+    * ``rule="bound"`` (guaranteed, [Gao13]): keep ``m_i = min(d_i, ceil((B·‖w_i‖_q/ε)^{q/(1−q)}))`` largest
+      weights of neuron i, so that inputs bounded by ``B`` move its pre-activation by at most ε
+      (``relative=True``: ε_i = eps·B·‖w_i‖₁). Neuron scope only; counts from
+      :func:`pqprune.theory.lq_keep_counts`. ``input_bound`` is a number or name → number (measured on data
+      by the caller; methods know nothing of data).
+    """
+
+    default_scope: ClassVar[str] = "neuron"
+
+    def __init__(
+        self,
+        q: float = 0.5,
+        rule: str = "index",
+        eta: float = 0.0,
+        gamma: float = 1.0,
+        beta: float = 0.9,
+        eps: float | None = None,
+        input_bound: float | Mapping[str, float] = 1.0,
+        relative: bool = False,
+    ):
+        check_lq(q)
+        if rule not in ("index", "bound"):
+            raise ValueError(f"rule must be 'index' or 'bound', got {rule!r}")
+        if rule == "index":
+            # Same validation as SAP's, with (p, q) := (q, 1).
+            SAP(q, 1.0, eta, gamma, beta)
+        else:
+            if eps is None or not (math.isfinite(eps) and eps > 0):
+                raise ValueError(f"the bound rule needs eps > 0, got {eps!r}")
+            bounds = input_bound.values() if isinstance(input_bound, Mapping) else [input_bound]
+            for b in bounds:
+                if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
+                    raise ValueError(f"input_bound must be a finite number >= 0, got {b!r}")
+        self.q, self.rule, self.eta, self.gamma, self.beta = float(q), rule, float(eta), float(gamma), float(beta)
+        self.eps, self.relative = eps, bool(relative)
+        self.input_bound = dict(input_bound) if isinstance(input_bound, Mapping) else float(input_bound)
+
+    def hparams(self) -> dict[str, Any]:
+        if self.rule == "index":
+            return {"q": self.q, "rule": "index", "eta": self.eta, "gamma": self.gamma, "beta": self.beta}
+        return {
+            "q": self.q,
+            "rule": "bound",
+            "eps": self.eps,
+            "input_bound": self.input_bound,
+            "relative": self.relative,
+        }
+
+    def check_scope(self, scope: str) -> None:
+        check_scope(scope)
+        if self.rule == "bound" and scope != "neuron":
+            raise ValueError(f"lq_neuron's bound rule works per neuron; scope must be 'neuron', got {scope!r}")
+
+    def _bound(self, name: str) -> float:
+        if isinstance(self.input_bound, dict):
+            if name not in self.input_bound:
+                raise ValueError(f"lq_neuron: no input_bound for {name!r}; given for {sorted(self.input_bound)}")
+            return float(self.input_bound[name])
+        return self.input_bound
+
+    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
+        self.check_scope(scope)
+        q = self.q
+        units = unit_stats(weights, masks, scope, (q, 1.0))
+        d, idx, r, c, clipped = {}, {}, {}, {}, {}
+        for u, st in units.items():
+            d[u] = st.count
+            idx[u] = pq_from_sums(st.count, st.sums[q], st.sums[1.0], q, 1.0)
+            if self.rule == "index":
+                c[u] = sap_prune_count(idx[u], st.count, q, 1.0, self.eta, self.gamma, self.beta)
+                r[u] = _retained(idx[u], st.count, q, 1.0, self.eta)
+                clipped[u] = (self.gamma * (st.count - r[u]) > self.beta * st.count) & ~torch.isnan(idx[u])
+            else:
+                keep = lq_keep_counts(weights[u], q, self.eps, self._bound(u), self.relative, masks.get(u))
+                r[u] = torch.minimum(keep.to(torch.float64).cpu(), st.count)
+                c[u] = st.count - r[u]
+                clipped[u] = torch.zeros_like(st.count, dtype=torch.bool)
+        return Plan(as_counts(c, scope), magnitude_scores(weights), make_records(scope, d, idx, r, c, clipped))
+
+
+def _check_finite_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def lq_keep_counts(
+    w: Tensor,
+    q: float,
+    eps: float,
+    input_bound: float,
+    relative: bool = False,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Per-neuron keep counts of the ℓ_q bound rule [Yang22, Gao13], math.md §7.
+
+    For row ``i`` of ``w.reshape(out, -1)`` with survivors ``d_i`` (``mask`` True) and ``t_i = ‖w_i‖_q``
+    over the survivors, keeping the ``m`` largest magnitudes leaves an ℓ₁ tail ``≤ t_i·m^{1−1/q}`` [Gao13], so
+    with inputs ``|h_j| ≤ B`` the pre-activation changes by at most ``B·t_i·m^{1−1/q}``. That is ``≤ ε_i`` as
+    soon as ``m ≥ (B·t_i/ε_i)^{q/(1−q)}``, hence
+
+        m_i = min(d_i, ceil((B·‖w_i‖_q/ε_i)^{q/(1−q)})),
+
+    with ``ε_i = eps`` (absolute) or ``ε_i = eps·B·‖w_i‖₁`` (``relative=True``, the tolerance as a fraction of
+    the neuron's largest possible pre-activation). Rows without survivors, rows whose survivors are all zero
+    and ``B = 0`` keep 0 weights (nothing can change). The power is evaluated in log space in float64 and
+    clamped to ``d_i`` before rounding, so huge ratios do not overflow; ``ceil`` carries a 1e−9 relative
+    tolerance so that exact integers are not rounded up by floating-point noise.
+
+    Returns an int64 tensor with one entry per output row. Raises ``ValueError`` for ``q ∉ (0,1)``,
+    ``eps ≤ 0``, ``input_bound < 0`` or a mask of the wrong shape/dtype.
+    """
+    check_lq(q)
+    _check_finite_positive("eps", eps)
+    if not (isinstance(input_bound, (int, float)) and math.isfinite(input_bound) and input_bound >= 0):
+        raise ValueError(f"input_bound must be a finite number >= 0, got {input_bound!r}")
+    if not isinstance(w, Tensor) or not w.is_floating_point():
+        raise ValueError("w must be a floating-point tensor")
+    if mask is not None:
+        if mask.shape != w.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, the weight has {tuple(w.shape)}")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+    stats = row_power_sums(w, (q, 1.0), mask)
+    d = stats.count  # float64 [rows]
+    s_q = stats.sums[q]
+    s_1 = stats.sums[1.0]
+    nz = s_q > 0
+    out = torch.zeros_like(d, dtype=torch.int64)
+    if input_bound == 0 or not bool(nz.any()):
+        return out
+    log_t = torch.log(s_q[nz]) / q  # log ‖w_i‖_q
+    if relative:
+        log_eps = math.log(eps) + math.log(input_bound) + torch.log(s_1[nz])
+    else:
+        log_eps = torch.full_like(log_t, math.log(eps))
+    log_m = (q / (1.0 - q)) * (math.log(input_bound) + log_t - log_eps)
+    m = torch.exp(torch.clamp(log_m, max=math.log(float(d.max()) + 1.0)))
+    m = torch.ceil(m * (1.0 - 1e-9))
+    m = torch.minimum(m, d[nz])
+    out[nz] = m.to(torch.int64)
+    return out

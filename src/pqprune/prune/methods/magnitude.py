@@ -1,0 +1,101 @@
+"""Fixed-ratio magnitude pruning: lottery ticket (iterative) and one-shot, docs/math.md §6."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pqprune.measure.weights import Masks, Scope
+from pqprune.prune.methods.base import (
+    Method,
+    Plan,
+    Weights,
+    _check_ratio,
+    _fixed_ratio_plan,
+    ratio_count,
+    register,
+    unit_sizes,
+)
+from pqprune.prune.select import magnitude_scores
+
+
+@register("lottery_ticket", "lt", "imp")
+class LotteryTicket(Method):
+    """Iterative magnitude pruning with rewinding, the lottery ticket [Frankle & Carbin 2019], math.md §6.
+
+    Each round prunes ``c = floor(P·d)`` of each unit's ``d`` survivors, the smallest magnitudes of this
+    round's trained weights; after t rounds ≈ ``(1−P)^t`` of the weights remain. ``rewind_step`` is the
+    training step whose weights the loop saves (``Pruner.save_rewind_point()``) and rewinds to: 0 = the
+    initial weights, k > 0 = "late rewinding" [Frankle et al. 2020].
+    """
+
+    def __init__(self, ratio: float = 0.2, rewind_step: int = 0):
+        self.ratio = _check_ratio(ratio)
+        if not isinstance(rewind_step, int) or rewind_step < 0:
+            raise ValueError(f"rewind_step must be an int >= 0, got {rewind_step!r}")
+        self.rewind_step = rewind_step
+
+    def hparams(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "rewind_step": self.rewind_step}
+
+    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
+        return _fixed_ratio_plan(
+            weights, masks, scope, lambda _u, d: ratio_count(d, self.ratio), magnitude_scores(weights)
+        )
+
+
+@register("one_shot", "os")
+class OneShot(Method):
+    """One-shot magnitude pruning, in the two forms of math.md §6 [Diao23 code, Frankle & Carbin 2019].
+
+    * ``OneShot(ratio=P)`` — the paper's cumulative form: the mask of round t is the magnitude mask of the
+      *round-0 dense trained* weights (captured at the first ``step()``) at cumulative sparsity
+      ``1 − (1−P)^t``: each unit of ``D`` entries keeps ``D − floor(D·(1 − (1−P)^t))``. Because the ranking
+      is fixed, the masks are nested and each round only prunes among the survivors.
+    * ``OneShot(target_density=ρ)`` — prune once, by magnitude of the current weights, to keep
+      ``ceil(ρ·D)`` entries per unit; later steps prune nothing.
+    """
+
+    def __init__(self, ratio: float | None = None, target_density: float | None = None):
+        if ratio is not None and target_density is not None:
+            raise ValueError("give either ratio (cumulative one-shot) or target_density (prune once), not both")
+        if target_density is None:
+            self.ratio: float | None = _check_ratio(0.2 if ratio is None else ratio)
+            self.target_density: float | None = None
+        else:
+            if not isinstance(target_density, (int, float)) or not (0.0 < float(target_density) <= 1.0):
+                raise ValueError(f"target_density must be in (0, 1], got {target_density!r}")
+            self.ratio, self.target_density = None, float(target_density)
+        self.reference: dict[str, Tensor] | None = None
+
+    def hparams(self) -> dict[str, Any]:
+        return {"ratio": self.ratio} if self.ratio is not None else {"target_density": self.target_density}
+
+    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
+        sizes = unit_sizes(weights, scope)
+        if self.target_density is not None:
+            rho = self.target_density
+            return _fixed_ratio_plan(
+                weights, masks, scope, lambda u, d: d - torch.ceil(sizes[u] * rho - 1e-9), magnitude_scores(weights)
+            )
+        if self.reference is None:
+            self.reference = {n: w.detach().clone() for n, w in weights.items()}
+        if set(self.reference) != set(weights):
+            raise ValueError(f"one_shot: reference weights are for {sorted(self.reference)}, got {sorted(weights)}")
+        sparsity = 1.0 - (1.0 - self.ratio) ** (round_ + 1)
+        keep = {u: D - torch.floor(D * sparsity + 1e-9) for u, D in sizes.items()}
+        ref = {n: self.reference[n] for n in weights}  # the selection's flat order is the weights' order
+        return _fixed_ratio_plan(weights, masks, scope, lambda u, d: d - keep[u], magnitude_scores(ref))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.reference is None else {"reference": dict(self.reference)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        extra = set(state) - {"reference"}
+        if extra:
+            raise ValueError(f"one_shot: unexpected state {sorted(extra)}")
+        ref = state.get("reference")
+        self.reference = None if ref is None else {n: t.clone() for n, t in ref.items()}

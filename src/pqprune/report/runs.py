@@ -1,0 +1,190 @@
+"""Runs of the results database grouped for a report: by ``(data, model, scope)``, then by method, seeds together."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# One colour and marker per method, the same in every figure and every report. Labels are those of
+# pqprune.experiment.method_label; SAP's (p, q) are part of the label so the two SAP variants differ.
+METHOD_STYLES: dict[str, tuple[str, str]] = {
+    "SAP(0.5,1)": ("#1f77b4", "o"),
+    "SAP(1,2)": ("#ff7f0e", "s"),
+    "LT": ("#2ca02c", "^"),
+    "OS": ("#d62728", "v"),
+    "Random": ("#7f7f7f", "x"),
+    "LQ(0.5)": ("#8c564b", "P"),
+}
+# Other labels (SAP(0.5,2), variants of a method) get a style from a stable hash of the label: the same label
+# gets the same style in every report, without a global registry.
+_EXTRA_COLOURS = ("#9467bd", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
+_EXTRA_MARKERS = ("D", "*", "h", "<", ">", "p", "X", "d")
+_METHOD_ORDER = tuple(METHOD_STYLES)
+
+
+# --------------------------------------------------------------------------------------------- constants
+GROUP_KEYS: tuple[str, ...] = ("data", "model", "scope")
+# Settings that do not make two runs different *methods*: the group keys, the seed (averaged over) and the
+# where-to-compute settings. Runs of one group that agree on everything else are seeds of one method.
+_NOT_METHOD = frozenset(GROUP_KEYS) | {"seed", "device", "data_root", "download", "keep_checkpoints", "launch"}
+
+
+class ReportError(ValueError):
+    """The report cannot be made: no database, no matching runs, or an unusable output folder."""
+
+
+# --------------------------------------------------------------------------------------------- loading
+@dataclass
+class MethodRuns:
+    """The seeds of one method configuration in one group: their settings and recorded rounds."""
+
+    label: str
+    settings: dict[str, Any]  # of the first run; equal for all seeds except the seed
+    run_ids: list[str] = field(default_factory=list)
+    seeds: list[Any] = field(default_factory=list)
+    rounds: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed, by round
+
+    @property
+    def n_rounds(self) -> int:
+        return max((r["round"] for rs in self.rounds for r in rs), default=-1) + 1
+
+    def matrix(self, get: Callable[[dict[str, Any]], Any]) -> np.ndarray:
+        """(seeds, rounds) array of ``get(round_row)``; NaN where a seed lacks the round or the value is None."""
+        out = np.full((len(self.rounds), self.n_rounds), np.nan)
+        for i, rs in enumerate(self.rounds):
+            for r in rs:
+                v = get(r)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    out[i, r["round"]] = float(v)
+        return out
+
+    def column(self, key: str) -> np.ndarray:
+        return self.matrix(lambda r: r.get(key))
+
+    def layer_names(self) -> list[str]:
+        names = {n for rs in self.rounds for r in rs for n in (r.get("layers") or {})}
+        return sorted(names, key=_natural_key)
+
+
+@dataclass
+class Group:
+    """The runs sharing (data, model, scope), one :class:`MethodRuns` per method configuration, in fixed order."""
+
+    data: str
+    model: str
+    scope: str
+    methods: list[MethodRuns]
+
+    @property
+    def title(self) -> str:
+        return f"data={self.data}, model={self.model}, scope={self.scope}"
+
+    @property
+    def n_rounds(self) -> int:
+        """Rounds of the longest method (the common x range of the figures)."""
+        return max((m.n_rounds for m in self.methods), default=0)
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.data}-{self.model}-{self.scope}")
+
+
+def _natural_key(name: str) -> list[Any]:
+    """'layers.10.weight' after 'layers.2.weight'."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
+
+
+def _label(settings: Mapping[str, Any]) -> str:
+    # One implementation of a method's human name: the runner's.
+    from pqprune.experiment.settings import method_label
+
+    try:
+        return method_label(settings)
+    except (KeyError, TypeError, ValueError):
+        return str(settings.get("method", "?"))
+
+
+def _method_order(label: str) -> tuple[int, str]:
+    base = label.split(" ")[0]
+    return (_METHOD_ORDER.index(base) if base in _METHOD_ORDER else len(_METHOD_ORDER), label)
+
+
+def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> list[Group]:
+    """Read the runs matching ``where`` (setting → value) and their rounds, grouped by (data, model, scope).
+
+    Runs with no recorded round are left out. Seeds of one method are the runs of a group whose settings agree
+    except for the seed (and where-to-compute settings); when two such configurations share a label (e.g. SAP
+    with two values of eta), the settings that differ are appended to their labels.
+
+    Raises:
+        ReportError: no database at ``db_path``, or no run with rounds matches.
+    """
+    from pqprune.store.database import Store, StoreError
+
+    path = Path(db_path)
+    if not path.is_file():
+        raise ReportError(f"no results database at {path} (run `pqprune run` or `pqprune demo` first, or pass --db)")
+    try:
+        with Store(path) as store:
+            runs = store.list_runs(where=dict(where or {}))
+            everything = [run["settings"] for run in store.list_runs()] if not runs else []  # for the error message
+            loaded = [(run, store.rounds(run["run_id"])) for run in runs]
+    except (StoreError, ValueError) as err:
+        raise ReportError(str(err)) from err
+    if not runs:
+        known = sorted({k for settings in everything for k in settings})
+        bad = [k for k in (where or {}) if known and k not in known]
+        hint = f"; unknown setting(s) {bad}, known: {', '.join(known)}" if bad else ""
+        raise ReportError(
+            f"no runs in {path} match {_where_text(where)} ({len(everything)} runs in the database){hint}"
+        )
+    loaded = [(run, rounds) for run, rounds in loaded if rounds]
+    if not loaded:
+        raise ReportError(f"the {len(runs)} runs in {path} matching {_where_text(where)} have no finished round yet")
+
+    groups: dict[tuple[str, str, str], dict[str, MethodRuns]] = {}
+    for run, rounds in loaded:
+        s = run["settings"]
+        gkey = tuple(str(s.get(k)) for k in GROUP_KEYS)
+        config = json.dumps({k: v for k, v in s.items() if k not in _NOT_METHOD}, sort_keys=True)
+        mr = groups.setdefault(gkey, {}).setdefault(config, MethodRuns(_label(s), dict(s)))  # type: ignore[arg-type]
+        mr.run_ids.append(run["run_id"])
+        mr.seeds.append(s.get("seed"))
+        mr.rounds.append(rounds)
+    out = []
+    for (data, model, scope), configs in sorted(groups.items()):
+        methods = list(configs.values())
+        _disambiguate(methods)
+        out.append(Group(data, model, scope, sorted(methods, key=lambda m: _method_order(m.label))))
+    return out
+
+
+def _where_text(where: Mapping[str, Any] | None) -> str:
+    return " and ".join(f"{k}={v}" for k, v in (where or {}).items()) or "(no filter)"
+
+
+def _disambiguate(methods: list[MethodRuns]) -> None:
+    """Append the differing settings to labels that two configurations share."""
+    by_label: dict[str, list[MethodRuns]] = {}
+    for m in methods:
+        by_label.setdefault(m.label, []).append(m)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        keys = sorted(
+            {
+                k
+                for m in same
+                for k in m.settings
+                if k not in _NOT_METHOD and len({json.dumps(x.settings.get(k), sort_keys=True) for x in same}) > 1
+            }
+        )
+        for m in same:
+            m.label += " " + ",".join(f"{k}={m.settings.get(k)}" for k in keys)

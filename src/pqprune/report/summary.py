@@ -1,0 +1,154 @@
+"""Seed statistics and the summary table of a report (one row per method and group)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pqprune.experiment.settings import method_label
+from pqprune.report.phases import ACC_TOL, PHASE_RULE, PQI_TOL, UNKNOWN_PHASE, _phase_walk
+from pqprune.report.runs import Group, MethodRuns
+
+
+# --------------------------------------------------------------------------------------------- statistics
+def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a (seeds, rounds) array: mean, sample std (0 with one seed) and count, ignoring NaN."""
+    n = np.sum(np.isfinite(values), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, as they should
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
+    std = np.where(n > 1, std, np.where(n == 1, 0.0, np.nan))
+    return mean, std, n
+
+
+def _diff(m: MethodRuns, retrained: str, pruned: str) -> np.ndarray:
+    """Per seed and round: retrained minus pruned-before-retraining (NaN where either is missing)."""
+    return m.column(retrained) - m.column(pruned)
+
+
+def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
+    """One method's line of the summary table, from its seed-mean trajectories.
+
+    ``min_density_within_1pt``: the smallest mean density among the rounds whose mean test accuracy is at least
+    the mean round-0 (dense) accuracy minus ``tolerance``. The phase and peak follow :func:`phases`.
+    """
+    acc, acc_sd, _ = mean_std(m.column("test_accuracy"))
+    dens, _, _ = mean_std(m.column("density"))
+    pqi, _, _ = mean_std(m.column("pqi"))
+    have = np.where(np.isfinite(acc) | np.isfinite(dens))[0]
+    last = int(have[-1]) if len(have) else m.n_rounds - 1
+    dense = acc[0] if len(acc) else math.nan
+    # 1e-12: an accuracy exactly one point below dense counts as within, whatever the float rounding.
+    ok = [
+        dens[t]
+        for t in range(len(acc))
+        if np.isfinite(acc[t]) and np.isfinite(dens[t]) and acc[t] >= dense - tolerance - 1e-12
+    ]
+    labels, peak = _phase_walk(list(pqi), list(acc), PQI_TOL, ACC_TOL)
+    return {
+        "method": m.label,
+        "seeds": len(m.rounds),
+        "last_round": last,
+        "dense_accuracy": _num(dense),
+        "final_density": _num(dens[last]) if len(dens) else None,
+        "final_accuracy": _num(acc[last]) if len(acc) else None,
+        "final_accuracy_std": _num(acc_sd[last]) if len(acc_sd) else None,
+        "min_density_within_1pt": _num(min(ok)) if ok else None,
+        "pqi_peak_round": peak,
+        "final_phase": labels[last] if labels else UNKNOWN_PHASE,
+    }
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _pct_sig(x: float | None) -> str:
+    """A density in percent to 4 significant digits: 35, 40.96, 0.1238 (late rounds need the small ones)."""
+    return "–" if x is None else f"{100 * x:.4g}"
+
+
+# Short headers so the table fits a terminal; docs/report.md defines each column.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "method",
+    "seeds",
+    "T",
+    "density at T (%)",
+    "accuracy at T (%)",
+    "dense accuracy (%)",
+    "min density within 1 pt of dense (%)",
+    "PQI peak round",
+    "phase at T",
+)
+
+
+def summary_cells(row: Mapping[str, Any]) -> list[str]:
+    """A :func:`summary_row` as the strings of :data:`SUMMARY_COLUMNS` (percentages, '–' for missing)."""
+    acc = _pct(row["final_accuracy"])
+    if row["final_accuracy"] is not None and row["seeds"] > 1 and row["final_accuracy_std"] is not None:
+        acc += f" ± {_pct(row['final_accuracy_std'])}"
+    return [
+        row["method"],
+        str(row["seeds"]),
+        str(row["last_round"]),
+        _pct_sig(row["final_density"]),
+        acc,
+        _pct(row["dense_accuracy"]),
+        _pct_sig(row["min_density_within_1pt"]),
+        "–" if row["pqi_peak_round"] is None else str(row["pqi_peak_round"]),
+        row["final_phase"],
+    ]
+
+
+def summary_markdown(groups: Sequence[Group]) -> str:
+    """The summary tables of all groups as one Markdown document (one section per group)."""
+    lines = ["# pqprune summary", "", "Mean over seeds (± sample std of the final accuracy).", ""]
+    for g in groups:
+        lines += [
+            f"## {g.title}",
+            "",
+            "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+            "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(SUMMARY_COLUMNS))) + "|",
+        ]
+        lines += ["| " + " | ".join(summary_cells(summary_row(m))) + " |" for m in g.methods]
+        lines.append("")
+    lines += ["## How the phase is decided", "", PHASE_RULE, ""]
+    return "\n".join(lines)
+
+
+def summarize(
+    runs: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]], tolerance: float = 0.01
+) -> list[dict[str, Any]]:
+    """One summary row per run from ``(settings, rounds)``: final density and test accuracy, dense (round 0) test
+    accuracy, and the smallest density whose test accuracy is within ``tolerance`` (1 point) of dense."""
+    rows = []
+    for settings, rounds in runs:
+        if not rounds:
+            continue
+        dense = rounds[0]["test_accuracy"]
+        ok = [
+            r["density"]
+            for r in rounds
+            if r["test_accuracy"] is not None and dense is not None and r["test_accuracy"] >= dense - tolerance
+        ]
+        final = rounds[-1]
+        rows.append(
+            {
+                "method": method_label(settings),
+                "rounds": len(rounds) - 1,
+                "dense_test_accuracy": dense,
+                "final_density": final["density"],
+                "final_test_accuracy": final["test_accuracy"],
+                "min_density_within_1pt": min(ok) if ok else None,
+            }
+        )
+    return rows
