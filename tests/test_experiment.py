@@ -70,7 +70,7 @@ def test_identity_is_the_hash_of_non_default_settings() -> None:
 
 def test_settings_from_strings_and_bad_values() -> None:
     s = RunSettings.from_dict({"p": "1", "q": "2", "rounds": "4", "nesterov": "false", "batch-size": 100})
-    assert (s.p, s.q, s.rounds, s.nesterov, s.batch_size) == (1.0, 2.0, 4, False, 100)
+    assert (s.option("p"), s.option("q"), s.rounds, s.nesterov, s.batch_size) == (1.0, 2.0, 4, False, 100)
     with pytest.raises(SettingsError, match="unknown setting 'epoch'.*did you mean 'epochs'"):
         RunSettings.from_dict({"epoch": 3})
     with pytest.raises(SettingsError, match="'rounds' must be a int"):
@@ -81,15 +81,24 @@ def test_settings_from_strings_and_bad_values() -> None:
         (dict(method="nope"), "unknown pruning method 'nope'"),
         (dict(p=2.0), "p < q"),
         (dict(scope="everything"), "scope"),
-        (dict(ratio=1.5), "ratio"),
+        (dict(method="lt", ratio=1.5), "ratio must be in"),
+        (dict(ratio=0.5), r"method 'sap' takes no option 'ratio' \(methods that do: lt, os, random\)"),
+        (dict(method="lt", q=2.0), r"takes no option 'q' \(methods that do: sap, lq\)"),
         (dict(select_on="train"), "select_on"),
         (dict(epochs=0), "epochs"),
-        (dict(method="lq", p=1.0, q=2.0), "0 < q < 1"),
+        (dict(method="lq", q=2.0), "0 < q < 1"),
+        (dict(method="lq", eps=0.5), "belongs to lq's bound rule"),
+        (dict(method="lq", rule="bound"), "eps > 0"),
+        (dict(method="lq", rule="bound", eps=0.5, scope="layer"), "scope must be 'neuron'"),
+        (dict(method="lq", rule="bound", eps=0.5, gamma=2.0), "belongs to lq's index rule"),
+        (dict(method="lq", rule="exact"), "rule' must be one of index, bound"),
+        (dict(method="random_matched"), "needs --reference RUN_ID"),
+        (dict(method="random_matched", reference="x", scope="neuron"), "per-layer counts"),
         (dict(model_options={"width": 3}), "unknown option"),
     ]
     for kw, message in bad:
         with pytest.raises(SettingsError, match=message):
-            RunSettings(**kw).validate()
+            RunSettings.from_dict(kw).validate()
 
 
 def test_load_config_yaml_and_toml(tmp_path: Path) -> None:
@@ -116,7 +125,7 @@ def test_expand_grid_and_summary() -> None:
         {"density": 0.5, "test_accuracy": 0.895},
         {"density": 0.2, "test_accuracy": 0.8},
     ]
-    row = summarize([(RunSettings(method="sap", p=1.0, q=2.0).to_dict(), rounds)])[0]
+    row = summarize([(RunSettings(method="sap", method_options={"p": 1.0, "q": 2.0}).to_dict(), rounds)])[0]
     assert row == {
         "method": "SAP(1,2)",
         "rounds": 2,
@@ -140,7 +149,9 @@ def test_a_run_records_every_round(reference: dict) -> None:
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1 and r["test_loss"] > 0
         assert 0 < r["pqi"] < 1 and 0 < r["gini"] < 1 and r["best_epoch"] == 1
         assert set(r["layers"]) == {"1.weight", "3.weight", "5.weight"}
-        assert all(set(v) == {"pqi", "gini", "density"} for v in r["layers"].values())
+        assert all(set(v) == {"pqi", "gini", "density", "kept"} for v in r["layers"].values())
+        dense = rounds[0]["layers"]  # round 0 keeps every entry: its counts are the layers' sizes
+        assert all(v["kept"] / dense[n]["kept"] == pytest.approx(v["density"], abs=0) for n, v in r["layers"].items())
         assert all(r[k] is not None and r[k] >= 0 for k in TIMING)
     assert rounds[0]["pruned_pqi"] is None
     for prev, r in zip(rounds, rounds[1:]):
@@ -276,7 +287,9 @@ def test_every_method_and_scope_runs(tmp_path: Path, method: str, scope: str) ->
 
 
 def test_select_on_test_and_late_rewinding(tmp_path: Path) -> None:
-    s = RunSettings(data="digits", model="mlp", rounds=1, epochs=2, select_on="test", method="lt", rewind_step=3)
+    s = RunSettings(
+        data="digits", model="mlp", rounds=1, epochs=2, select_on="test", method="lt", method_options={"rewind_step": 3}
+    )
     result = run_experiment(s, tmp_path / "db.sqlite", tmp_path / "runs")
     assert result.status == "finished"
     # With --select-on test the kept epoch is the one of best test accuracy.
@@ -290,7 +303,7 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     db, runs = tmp_path / "out" / "db.sqlite", tmp_path / "out" / "runs"
     cases = [
         (RunSettings(data="nope"), "unknown data set"),
-        (RunSettings(data="digits", method="lt", ratio=0.0), "ratio"),
+        (RunSettings(data="digits", method="lt", method_options={"ratio": 0.0}), "ratio"),
         (RunSettings(data="digits", model_options={"hidden": "wide"}), "model 'mlp'"),
     ]
     for settings, message in cases:

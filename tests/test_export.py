@@ -339,7 +339,7 @@ def test_cli_export_from_a_run_directory(tmp_path):
         data="digits",
         model="mlp",
         method="lt",
-        ratio=0.5,
+        method_options={"ratio": 0.5},
         rounds=1,
         epochs=1,
         model_options={"hidden": 8},

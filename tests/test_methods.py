@@ -177,7 +177,7 @@ def test_random_matched_copies_counts_not_positions():
         if scope == "neuron":
             assert all(torch.equal(pr.masks[n].sum(1), ref[n].sum(1)) for n in ref)
         assert any(not torch.equal(pr.masks[n], ref[n]) for n in ref)
-    with pytest.raises(ValueError, match="reference masks lack"):
+    with pytest.raises(ValueError, match="reference lacks"):
         Pruner(_net(), RandomMatched({"0.weight": ref["0.weight"]})).step()
 
 
@@ -207,10 +207,20 @@ def test_lq_neuron_rules():
 
 
 def test_registry_and_validation():
-    assert set(methods.available()) >= {"sap", "lottery_ticket", "one_shot", "random", "random_matched", "lq_neuron"}
+    assert methods.available() == ["sap", "lt", "os", "random", "random_matched", "lq"]
+    for alias, name in [
+        ("lottery_ticket", "lt"),
+        ("IMP", "lt"),
+        ("one_shot", "os"),
+        ("lq_neuron", "lq"),
+        ("rm", "random_matched"),
+    ]:
+        assert methods.lookup(alias).name == name
     assert isinstance(methods.get("sap", p=1.0, q=2.0), SAP)
     assert isinstance(methods.get("lt"), LotteryTicket)
-    with pytest.raises(ValueError, match="unknown pruning method 'magic'; available: lottery_ticket"):
+    with pytest.raises(
+        ValueError, match="unknown pruning method 'magic'; available: sap, lt \\(lottery_ticket, imp\\)"
+    ):
         methods.get("magic")
     with pytest.raises(ValueError, match="unknown pruning method"):
         Pruner(_net(), "magic")
@@ -240,4 +250,4 @@ def test_registry_and_validation():
     with pytest.raises(ValueError, match="scope must be one of"):
         Pruner(_net(), "sap", scope="channel")
     with pytest.raises(ValueError, match="already registered"):
-        methods.register("sap")(SAP)
+        methods.register(SAP)

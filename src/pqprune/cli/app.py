@@ -7,13 +7,35 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
+# Conventions of every command: -h and --help; flags without a value placeholder (plain help rather than Rich's
+# panels, which print "<bool>" after every flag); defaults shown one way, "[default: X]".
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Sparsity-informed neural-network pruning: measure, prune, compare, export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
 )
 err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pqprune import __version__
+
+        typer.echo(f"pqprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version of pqprune and exit."
+    ),
+) -> None:
+    """Sparsity-informed neural-network pruning: measure, prune, compare, export."""
 
 
 def fail(message: str) -> NoReturn:

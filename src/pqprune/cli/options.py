@@ -1,50 +1,56 @@
-"""Options generated from :class:`pqprune.experiment.RunSettings`: every setting becomes an option of ``run`` (typed)
-and of ``sweep`` (a comma-separated list), so a new setting is an option everywhere without touching the CLI.
+"""Options generated from :class:`pqprune.experiment.RunSettings` and the method registry: every setting and every
+option of a registered method becomes an option of ``run`` (typed) and of ``sweep`` (a comma-separated list), so a
+new setting or a new method's option is a flag everywhere without touching the CLI.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import typer
 
 from pqprune.cli.app import _parse_kv
 
-# --------------------------------------------------------------------------------------------- run, sweep, runs, demo
-# Every RunSettings field becomes an option of `run` (typed) and of `sweep` (a comma-separated list), built from
-# the dataclass so that a new setting is an option everywhere without touching this file.
-_DICT_SETTINGS = ("data_options", "model_options")
+_DICT_SETTINGS = ("data_options", "model_options", "method_options")
+METHOD_PANEL = "Method options (each belongs to the methods named in its help)"
 
 
-def _setting_params(as_lists: bool) -> list:
-    import inspect
+def _param(name: str, kind: type, help_text: str, as_lists: bool, panel: str | None) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    annotation: object
+    if as_lists and kind is not bool:
+        option = typer.Option(None, flag, help=help_text + " Comma-separated values sweep.", rich_help_panel=panel)
+        annotation = str | None
+    elif kind is bool:  # a flag pair in run and sweep alike (sweep both values with --set NAME=true,false)
+        option = typer.Option(None, f"{flag}/--no-{name.replace('_', '-')}", help=help_text, rich_help_panel=panel)
+        annotation = bool | None
+    else:
+        option = typer.Option(None, flag, help=help_text, rich_help_panel=panel)
+        annotation = kind | None
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
+
+def _setting_params(as_lists: bool) -> list[inspect.Parameter]:
+    """One parameter per run setting, then one per method option (help says which methods take it)."""
     from pqprune.experiment.settings import HELP, RunSettings
+    from pqprune.prune.methods.registry import option_help, option_names, shared_option
 
-    params = []
     defaults = RunSettings.defaults()
-    for name in RunSettings.names():
-        if name in _DICT_SETTINGS:
-            continue
-        flag = "--" + name.replace("_", "-")
-        default = defaults[name]
-        help_text = f"{HELP[name]} (default: {default})"
-        if as_lists:
-            option, annotation = (
-                typer.Option(None, flag, help=help_text + " Comma-separated values sweep.", show_default=False),
-                str | None,
-            )
-        elif isinstance(default, bool):
-            option = typer.Option(None, f"{flag}/--no-{name.replace('_', '-')}", help=help_text, show_default=False)
-            annotation = bool | None
-        else:
-            option, annotation = typer.Option(None, flag, help=help_text, show_default=False), type(default) | None
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    params = [
+        _param(name, type(defaults[name]), f"{HELP[name]} [default: {defaults[name]}]", as_lists, None)
+        for name in RunSettings.names()
+        if name not in _DICT_SETTINGS
+    ]
+    for name in option_names():
+        opt = shared_option(name)
+        assert opt is not None
+        params.append(_param(name, opt.kind, option_help(name), as_lists, METHOD_PANEL))
     return params
 
 
 def _with_settings(as_lists: bool):
     """Decorator: append one option per setting to a command's signature; they arrive as ``settings=dict``."""
     import functools
-    import inspect
 
     def deco(fn):
         names = {p.name for p in _setting_params(as_lists)}

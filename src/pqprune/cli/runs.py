@@ -97,21 +97,21 @@ def sweep_command(
 
     from pqprune.experiment.settings import RunSettings, load_config
     from pqprune.experiment.sweep import expand_grid, run_sweep
+    from pqprune.prune.methods.registry import option_names
 
     try:
         base = load_config(config) if config else {}
         grid = {k: (v if isinstance(v, list) else [v]) for k, v in base.items() if k not in _DICT_SETTINGS}
         fixed = {k: base[k] for k in _DICT_SETTINGS if k in base}
-        grid.update({k: _split_list(v) for k, v in settings.items()})
+        grid.update({k: [v] if isinstance(v, bool) else _split_list(v) for k, v in settings.items()})
         for item in set_ or []:
             key, sep, values = item.partition("=")
             if not sep:
                 fail(f"--set takes KEY=V1,V2,…, got {item!r}")
             key = key.strip().replace("-", "_")
-            if key not in RunSettings.names() or key in _DICT_SETTINGS:
-                fail(
-                    f"--set: unknown setting {key!r}; known: {', '.join(n for n in RunSettings.names() if n not in _DICT_SETTINGS)}"
-                )
+            known = [n for n in RunSettings.names() if n not in _DICT_SETTINGS] + option_names()
+            if key not in known:
+                fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
             grid[key] = _split_list(values)
         runs = expand_grid(fixed, grid)
         with _RunDisplay(enabled=not quiet and not as_json) as display:
@@ -186,7 +186,9 @@ def runs_command(
     status: str | None = typer.Option(
         None, "--status", help="Only runs with this status: running, finished, failed, interrupted."
     ),
-    method: str | None = typer.Option(None, "--method", help="Only runs of this method (sap, lt, os, random, lq)."),
+    method: str | None = typer.Option(
+        None, "--method", help="Only runs of this method (a name or alias: sap, lt, lottery_ticket, …)."
+    ),
     data: str | None = typer.Option(None, "--data", help="Only runs on this data set."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -194,14 +196,16 @@ def runs_command(
     computes it (it was killed); rerunning its command resumes it."""
     import json
 
+    from pqprune.report.runs import ReportError, canonical_where
     from pqprune.store.database import STATUSES
 
     if status is not None and status not in STATUSES:
         fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
     where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
     try:
+        where = canonical_where(where)  # any alias names the method: lottery_ticket, LT → lt
         rows = _runs_rows(db, status, where, runs_dir)
-    except _input_errors() as err:
+    except (*_input_errors(), ReportError) as err:
         fail(str(err))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import _csv_values, app, err_console, fail
+from pqprune.cli.app import CONTEXT, _csv_values, app, err_console, fail
 from pqprune.cli.tables import _g, _print_rows
 from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
@@ -154,8 +154,10 @@ def _bound_checkpoint(state: dict, q: float, eps: float, input_bound: float, rel
 
 # --------------------------------------------------------------------------------------------- theory mc, theory teacher
 theory_app = typer.Typer(
-    help="Theory studies (math.md §7–8): the Monte-Carlo pruning gap of random networks and the teacher experiment.",
+    help="Theory studies (docs/math.md §7–8): the Monte-Carlo pruning gap of random networks and the teacher experiment.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
 )
 
 
@@ -164,9 +166,13 @@ def theory_mc_command(
     arch: str = typer.Option(
         "fcn", "--arch", help="fcn | cnn (3×3 kernels on 1×8×8 inputs; width = channels), or both: fcn,cnn."
     ),
-    widths: str = typer.Option("16,32,64", "--widths", help="Comma-separated widths."),
-    depths: str = typer.Option("2,3", "--depths", help="Comma-separated depths (layers; ≥ 2 for cnn)."),
-    densities: str = typer.Option("0.9,0.5", "--densities", help="Comma-separated keep fractions ρ in (0, 1]."),
+    widths: str = typer.Option(
+        "16,32,64", "--width", "--widths", help="Hidden widths, comma-separated (as bound --width)."
+    ),
+    depths: str = typer.Option("2,3", "--depth", "--depths", help="Depths (layers; ≥ 2 for cnn), comma-separated."),
+    densities: str = typer.Option(
+        "0.9,0.5", "--density", "--densities", help="Keep fractions ρ in (0, 1], comma-separated."
+    ),
     method: str = typer.Option("random,magnitude", "--method", help="random, magnitude or both."),
     eps: str = typer.Option("1,15", "--eps", help="Comma-separated tolerances ε > 0 on sup_{‖x‖≤1}‖F(x) − F'(x)‖₂."),
     dist: str = typer.Option("normal", "--dist", help="Weight distribution: normal | uniform."),
@@ -195,9 +201,9 @@ def theory_mc_command(
 
     grid = dict(
         archs=_csv_values("--arch", arch, str),
-        widths=_csv_values("--widths", widths, int),
-        depths=_csv_values("--depths", depths, int),
-        densities=_csv_values("--densities", densities, float),
+        widths=_csv_values("--width", widths, int),
+        depths=_csv_values("--depth", depths, int),
+        densities=_csv_values("--density", densities, float),
         methods=_csv_values("--method", method, str),
         eps=_csv_values("--eps", eps, float),
     )
@@ -293,7 +299,10 @@ def theory_teacher_command(
     gammas: str = typer.Option("0.5,1,1.5,2,3", "--gammas", help="Index rule: γ values."),
     sap_gammas: str = typer.Option("0.5,1,1.5,2", "--sap-gammas", help="SAP (0.5, 1) at layer scope: γ values."),
     densities: str = typer.Option(
-        "0.05,0.1,0.2,0.4,0.7,0.85", "--densities", help="Magnitude pruning: kept fraction per layer."
+        "0.05,0.1,0.2,0.4,0.7,0.85",
+        "--density",
+        "--densities",
+        help="Magnitude pruning: kept fractions per layer, comma-separated.",
     ),
     n_test: int = typer.Option(2048, "--n-test", help="Test inputs: this many uniform points and as many corners."),
     seed: int = typer.Option(0, "--seed", help="Seed of the teacher and the test inputs."),
@@ -330,7 +339,7 @@ def theory_teacher_command(
             bound_eps=_csv_values("--eps", eps, float),
             index_gammas=_csv_values("--gammas", gammas, float),
             sap_gammas=_csv_values("--sap-gammas", sap_gammas, float),
-            densities=_csv_values("--densities", densities, float),
+            densities=_csv_values("--density", densities, float),
             n_test=n_test,
         )
     except ValueError as err:

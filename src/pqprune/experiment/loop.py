@@ -81,7 +81,7 @@ def _measure(
     layer_pqi = pqi("layer")
     layer_gini = gini(model, "layer", masks)
     layers = {
-        n: {"pqi": layer_pqi[n], "gini": layer_gini[n], "density": density[n].density}  # type: ignore[index]
+        n: {"pqi": layer_pqi[n], "gini": layer_gini[n], "density": density[n].density, "kept": density[n].kept}
         for n in layer_pqi
     }
     return {"pqi": pqi("global")[GLOBAL], "gini": gini(model, "global", masks), "layers": layers}
@@ -109,7 +109,7 @@ class _Loop:
         self.prep, self.rd, self.store, self.progress = prep, rd, store, progress
         self.s = prep.settings
         self.model = prep.model
-        self.pruner = Pruner(self.model, build_method(self.s), self.s.scope)
+        self.pruner = Pruner(self.model, prep.method or build_method(self.s), self.s.scope)
         self.pending: dict[str, Any] = {}  # the pruned-before-retraining metrics for the next round's row
         self.ctx = ctx or distributed.Context(device=prep.device)
         self.dist = self.ctx.active  # collectives in training, evaluation and the mask check
@@ -168,10 +168,11 @@ class _Loop:
             )
 
         on_step = None
-        if t == 0 and s.method == "lt" and s.rewind_step > 0:
+        rewind_step = int(getattr(pruner.method, "rewind_step", 0))
+        if t == 0 and rewind_step > 0:
 
             def on_step(info: Any) -> None:  # late rewinding [Frankle et al. 2020]: weights after k steps
-                if info.step + 1 == s.rewind_step:
+                if info.step + 1 == rewind_step:
                     pruner.save_rewind_point()
 
         # Gradients are masked before clipping (so the norm is that of the survivors), weights after the step.
@@ -243,6 +244,8 @@ class _Loop:
         if not last:
             # Every rank prunes its own (identical) weights with the same deterministic method, then checks.
             units = [_unit_dict(r) for r in pruner.step()]
+            for n, b in self.prep.input_bounds.items():  # what the ℓ_q bound rule measured for this step
+                metrics["layers"][n]["input_bound"] = b
             next_digest = self._verify_masks(f"round {t} (after its pruning step)")
         sec["prune"] = time.perf_counter() - t0
         if not last:

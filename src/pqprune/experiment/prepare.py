@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from pqprune.experiment import data as data_mod
 from pqprune.experiment import models as models_mod
 from pqprune.experiment.settings import RunSettings, SettingsError
 from pqprune.experiment.train import TrainConfig, resolve_device
+from pqprune.prune.methods import Method
 
 
 # --------------------------------------------------------------------------------------------- preparation
@@ -24,6 +25,10 @@ class Prepared:
     model: nn.Module
     device: torch.device
     train_config: TrainConfig
+    # Set by the runner (pqprune.experiment.method_context.run_method): the pruning method with what it needs
+    # from the run resolved, and the input bounds it last measured (ℓ_q bound rule).
+    method: Method | None = None
+    input_bounds: dict[str, float] = field(default_factory=dict)
 
 
 def prepare(settings: RunSettings, device: torch.device | None = None) -> Prepared:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pqprune.experiment import distributed
 from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
+from pqprune.experiment.method_context import run_method
 from pqprune.experiment.prepare import Prepared, prepare
 from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
@@ -63,6 +64,7 @@ def run_experiment(
     res = settings.validate()  # before any process group: bad input fails alike on every rank
     with distributed.session(resolve_device(res.device)) as ctx:
         prep = prepare(res, device=ctx.device if ctx.active else None)  # validates; writes nothing
+        prep.method, prep.input_bounds = run_method(prep, Path(runs_dir))  # e.g. a bad --reference fails here
         res = prep.settings
         run_id, run_hash = res.run_id(), res.run_hash()
         rd = RunDir(Path(runs_dir), run_id)

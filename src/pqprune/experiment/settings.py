@@ -19,19 +19,10 @@ from typing import Any
 from pqprune.experiment import data as data_mod
 from pqprune.experiment import models as models_mod
 from pqprune.experiment.train import TrainConfig, resolve_device
-from pqprune.measure.indices import check_pq
 from pqprune.measure.weights import check_scope
-from pqprune.prune import methods as methods_mod
-from pqprune.prune.methods.base import Method
+from pqprune.prune.methods import Method, RunContext
+from pqprune.prune.methods.registry import available, lookup, option_names, shared_option, takers
 
-# The pruning methods a run accepts, short name → name in pqprune.prune.methods' registry.
-METHODS: dict[str, str] = {
-    "sap": "sap",
-    "lt": "lottery_ticket",
-    "os": "one_shot",
-    "random": "random",
-    "lq": "lq_neuron",
-}
 SELECT_ON = ("val", "test")
 KEEP = ("last", "all")
 # Settings that say where or how to compute, not what: they do not change a run's identity.
@@ -48,7 +39,9 @@ class RunSettings:
     """Every setting of a run, with its default. Defaults follow Diao et al. (2023) and its code.
 
     ``rounds`` is T, the number of pruning steps: the loop trains T + 1 times (round 0 is the dense model).
-    :data:`HELP` says what each setting means.
+    :data:`HELP` says what each setting means. ``method_options`` holds the hyper-parameters of the chosen
+    method, named as its :class:`~pqprune.prune.methods.Option` s declare them (``p``, ``ratio``, ``rule``…); in
+    a mapping given to :meth:`from_dict` (a config file, the command line) they may stand at the top level.
     """
 
     data: str = "mnist5k"
@@ -58,13 +51,7 @@ class RunSettings:
     rounds: int = 30
     epochs: int = 50
     seed: int = 0
-    p: float = 0.5
-    q: float = 1.0
-    eta: float = 0.0
-    gamma: float = 1.0
-    beta: float = 0.9
-    ratio: float = 0.2
-    rewind_step: int = 0
+    method_options: dict = field(default_factory=dict)
     batch_size: int = 250
     lr: float = 0.1
     momentum: float = 0.9
@@ -94,35 +81,95 @@ class RunSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "settings") -> RunSettings:
-        """Settings from a mapping (dashes in keys read as underscores); an unknown key is a :class:`SettingsError`."""
+        """Settings from a mapping (dashes in keys read as underscores). Keys are settings or options of a
+        registered method (those go to ``method_options``); an unknown key is a :class:`SettingsError`."""
         known = set(cls.names())
+        options = set(option_names())
         clean: dict[str, Any] = {}
+        method_options: dict[str, Any] = {}
         for key, value in values.items():
             name = str(key).replace("-", "_")
-            if name not in known:
-                close = _closest(name, known)
+            if name == "method_options":
+                if not isinstance(value, Mapping):
+                    raise SettingsError(f"{source}: method_options must be a mapping, got {value!r}")
+                method_options.update({str(k).replace("-", "_"): v for k, v in value.items()})
+            elif name in known:
+                clean[name] = _coerce(name, value, source)
+            elif name in options:
+                method_options[name] = value
+            else:
+                close = _closest(name, known | options)
                 hint = f" (did you mean {close!r}?)" if close else ""
                 raise SettingsError(
-                    f"{source}: unknown setting {key!r}{hint}; known settings: {', '.join(cls.names())}"
+                    f"{source}: unknown setting {key!r}{hint}; settings: {', '.join(cls.names())}; "
+                    f"method options: {', '.join(option_names())}"
                 )
-            clean[name] = _coerce(name, value, source)
-        return cls(**clean)
+        for name, value in method_options.items():
+            opt = shared_option(name)
+            if opt is None:
+                raise SettingsError(f"{source}: no pruning method takes option {name!r}")
+            try:
+                method_options[name] = opt.coerce(value)
+            except ValueError as err:
+                raise SettingsError(f"{source}: {err}") from None
+        return cls(**clean, method_options=method_options)
+
+    @classmethod
+    def from_stored(cls, values: Mapping[str, Any]) -> RunSettings:
+        """Settings as stored by any version of pqprune (a database row, a run's settings.json).
+
+        Earlier versions stored every method's hyper-parameters in every run, and ran ``lq`` with SAP's ``p`` as
+        its exponent; both are read as today's settings. Keys no setting knows (``launch``…) are dropped.
+        """
+        values = {k: v for k, v in values.items() if k in set(cls.names()) | set(option_names())}
+        try:
+            method = lookup(str(values.get("method", "sap")))
+        except ValueError:
+            return cls.from_dict({k: v for k, v in values.items() if k in cls.names()})
+        own = {o.name for o in method.options}
+        if method.name == "lq" and "rule" not in values and "p" in values:  # version 0.1: lq's exponent was p
+            values = {**values, "q": values["p"]}
+        kept = {k: v for k, v in values.items() if k in cls.names() or (k in own and v is not None)}
+        return cls.from_dict(kept)
 
     def replace(self, **changes: Any) -> RunSettings:
         """A copy with some settings changed (values coerced and checked like :meth:`from_dict`)."""
         return RunSettings.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        """Every setting, with the method's options at the top level (the form stored in the database)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "method_options"}
+        out.update(_plain(self.method_options))
+        return out
+
+    def option(self, name: str) -> Any:
+        """The value of one of the method's options (its default when not set)."""
+        return {**lookup(self.method).defaults(), **self.method_options}[name]
 
     # ------------------------------------------------------------------ meaning
     def resolved(self) -> RunSettings:
         """Canonical names (``lottery_ticket`` → ``lt``, ``MNIST-5k`` → ``mnist5k``) and ``scope="auto"`` resolved."""
-        method = _canonical_method(self.method)
-        scope = self.scope if self.scope != "auto" else methods_mod.get(METHODS[method]).default_scope
+        try:
+            cls = lookup(self.method)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+        wrong = sorted(set(self.method_options) - {o.name for o in cls.options})
+        if wrong:
+            raise SettingsError(
+                "; ".join(
+                    f"method {cls.name!r} takes no option {w!r} (methods that do: {', '.join(takers(w))})"
+                    for w in wrong
+                )
+            )
+        try:
+            options = cls.resolve_options(self.method_options)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+        scope = self.scope if self.scope != "auto" else cls.default_scope
         return dataclasses.replace(
             self,
-            method=method,
+            method=cls.name,
+            method_options=options,
             scope=scope,
             data=_canonical_name(self.data, data_mod.available(), "data set"),
             model=_canonical_name(self.model, models_mod.available(), "model"),
@@ -132,8 +179,10 @@ class RunSettings:
         """The settings that define the run: those differing from their defaults, where-to-compute ones excluded."""
         res = self.resolved().to_dict()
         base = RunSettings().resolved().to_dict()
-        base["scope"] = RunSettings(method=res["method"]).resolved().scope  # `--scope global` of SAP is its default
-        return {k: v for k, v in res.items() if k not in NOT_IDENTITY and v != base[k]}
+        own = RunSettings(method=res["method"]).resolved()
+        base.update(_plain(own.method_options))  # the method's own defaults (lq's q is 0.5, SAP's 1)
+        base["scope"] = own.scope  # `--scope global` of SAP, `--scope neuron` of lq are their defaults
+        return {k: v for k, v in res.items() if k not in NOT_IDENTITY and v != base.get(k)}
 
     def run_hash(self) -> str:
         """SHA-256 of the JSON of :meth:`identity` (sorted keys): equal settings, equal hash."""
@@ -159,17 +208,13 @@ class RunSettings:
             (0 <= res.val_fraction < 1, f"val_fraction must be in [0, 1), got {res.val_fraction}"),
             (not (res.select_on == "val" and res.val_fraction == 0), "select_on val needs val_fraction > 0"),
             (res.clip_norm >= 0, f"clip_norm must be >= 0 (0 = no clipping), got {res.clip_norm}"),
-            (res.rewind_step >= 0, f"rewind_step must be >= 0, got {res.rewind_step}"),
-            (0 < res.ratio < 1, f"ratio must be in (0, 1), got {res.ratio}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
         try:
-            check_pq(res.p, res.q)  # every run reports I_{p,q}
             check_scope(res.scope)
-            method = build_method(res)
-            method.check_scope(res.scope)
+            lookup(res.method).check_options(res.method_options, res.scope)
             res.train_config(augment=None)
             resolve_device(res.device)
             _check_options(res.data_options, data_mod.options(res.data), f"data set {res.data!r}")
@@ -196,18 +241,12 @@ class RunSettings:
 HELP: dict[str, str] = {
     "data": "Data set: " + ", ".join(data_mod.available()) + ".",
     "model": "Model: " + ", ".join(models_mod.available()) + " (adapted to the data's input shape).",
-    "method": "Pruning method: sap (SAP), lt (lottery ticket), os (one-shot), random, lq (l_q per neuron).",
-    "scope": "Unit of each pruning decision: global, layer, neuron, or auto (the method's own: neuron for lq).",
+    "method": "Pruning method: " + ", ".join(available()) + " (or an alias); its options are flags of their own.",
+    "scope": "Unit of each pruning decision: global, layer, neuron, or auto (the method's own default scope).",
     "rounds": "Pruning rounds T; the loop trains T+1 times (round 0 is dense).",
     "epochs": "Training epochs per round (cosine schedule restarted each round).",
     "seed": "Seed of the initial weights, the validation split, batch order and random pruning.",
-    "p": "SAP's p (0 < p < q); for lq, the l_q exponent (0 < p < 1).",
-    "q": "SAP's q.",
-    "eta": "SAP's eta_r >= 0 (larger prunes more).",
-    "gamma": "SAP's gamma > 0 (scales the pruned fraction).",
-    "beta": "SAP's cap beta in (0, 1] on the fraction pruned per round.",
-    "ratio": "Fraction pruned per round by lt, os and random.",
-    "rewind_step": "lt: rewind to the weights after this many training steps of round 0 (0 = initial).",
+    "method_options": "Options of the pruning method (a mapping; each is also a flag/key of its own).",
     "batch_size": "Training batch size.",
     "lr": "Learning rate (SGD).",
     "momentum": "SGD momentum.",
@@ -287,16 +326,6 @@ def _canonical_name(name: str, available: Sequence[str], what: str) -> str:
     return key
 
 
-def _canonical_method(name: str) -> str:
-    key = name.strip().lower()
-    if key in METHODS:
-        return key
-    for short, registered in METHODS.items():
-        if key == registered:
-            return short
-    raise SettingsError(f"unknown pruning method {name!r}; choose one of: {', '.join(METHODS)}")
-
-
 def _check_options(given: Mapping[str, Any], accepted: Mapping[str, Any], what: str) -> None:
     unknown = sorted(set(given) - set(accepted))
     if unknown:
@@ -305,22 +334,14 @@ def _check_options(given: Mapping[str, Any], accepted: Mapping[str, Any], what: 
         )
 
 
-def build_method(settings: RunSettings) -> Method:
-    """The pruning method of resolved ``settings`` (see :class:`RunSettings` for which settings each uses)."""
-    name = METHODS[settings.method]
-    if settings.method == "sap":
-        kw: dict[str, Any] = dict(
-            p=settings.p, q=settings.q, eta=settings.eta, gamma=settings.gamma, beta=settings.beta
-        )
-    elif settings.method == "lt":
-        kw = dict(ratio=settings.ratio, rewind_step=settings.rewind_step)
-    elif settings.method == "os":
-        kw = dict(ratio=settings.ratio)
-    elif settings.method == "random":
-        kw = dict(ratio=settings.ratio, seed=settings.seed)
-    else:  # lq, index rule: (p, q) := (p, 1)
-        kw = dict(q=settings.p, eta=settings.eta, gamma=settings.gamma, beta=settings.beta)
-    return methods_mod.get(name, **kw)
+def build_method(settings: RunSettings, context: RunContext | None = None) -> Method:
+    """The pruning method of ``settings``, built by its class from the run's options and ``context``."""
+    res = settings.resolved()
+    ctx = context if context is not None else RunContext(seed=res.seed)
+    try:
+        return lookup(res.method).from_options(res.method_options, ctx)
+    except (ValueError, TypeError) as err:
+        raise SettingsError(f"method {res.method!r}: {err}") from err
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -366,11 +387,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def method_label(settings: RunSettings | Mapping[str, Any]) -> str:
-    """A short human name: ``SAP(0.5,1)``, ``LT``, ``OS``, ``Random``, ``LQ(0.5)``."""
-    s = settings if isinstance(settings, Mapping) else settings.to_dict()
-    m = _canonical_method(str(s["method"]))
-    if m == "sap":
-        return f"SAP({s['p']:g},{s['q']:g})"
-    if m == "lq":
-        return f"LQ({s['p']:g})"
-    return {"lt": "LT", "os": "OS", "random": "Random"}[m]
+    """The display label its class gives the method of ``settings`` (``SAP(0.5,1)``, ``LT``, ``LQ(0.5)``…);
+    stored settings of any version are accepted."""
+    s = settings if isinstance(settings, RunSettings) else RunSettings.from_stored(settings)
+    return lookup(s.method).label(s.method_options)

@@ -18,6 +18,7 @@ from pqprune.experiment.prepare import prepare
 from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.runner import _check_runs_dir, run_experiment
 from pqprune.experiment.settings import RunSettings, SettingsError
+from pqprune.prune.methods.registry import lookup, option_names, takers
 from pqprune.store.database import DEFAULT_DB, Store, StoreError
 
 
@@ -26,6 +27,8 @@ def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> l
     """The product of the value lists in ``grid`` over ``base`` settings, in order, duplicates (same run) removed.
 
     ``expand_grid({"epochs": 5}, {"method": ["sap", "lt"], "seed": [0, 1]})`` → 4 settings. Keys are checked.
+    A method option applies to the swept methods that take it (``--method sap,lt --p 1`` sets SAP's p only); an
+    option that no swept method takes is an error.
     """
     import itertools
 
@@ -33,9 +36,23 @@ def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> l
     for key in keys:
         if not grid[key]:
             raise SettingsError(f"sweep: empty list of values for {key!r}")
+    names = [str(m) for m in grid.get("method", [base.get("method", RunSettings().method)])]
+    try:
+        swept = [lookup(m) for m in names]
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+    options = {k.replace("-", "_") for k in [*base, *keys]} & set(option_names())
+    for opt in sorted(options):
+        if not any(opt in {o.name for o in cls.options} for cls in swept):
+            raise SettingsError(
+                f"sweep: no swept method ({', '.join(c.name for c in swept)}) takes option {opt!r} "
+                f"(methods that do: {', '.join(takers(opt))})"
+            )
     out: dict[str, RunSettings] = {}
     for combo in itertools.product(*(grid[k] for k in keys)):
-        settings = RunSettings.from_dict({**base, **dict(zip(keys, combo))})
+        values = {str(k).replace("-", "_"): v for k, v in {**base, **dict(zip(keys, combo))}.items()}
+        own = {o.name for o in lookup(str(values.get("method", RunSettings().method))).options}
+        settings = RunSettings.from_dict({k: v for k, v in values.items() if k not in options or k in own})
         out.setdefault(settings.run_id(), settings)
     return list(out.values())
 
@@ -210,8 +227,8 @@ def demo_settings(rounds: int = 30, epochs: int = 20, seed: int = 0, data: str =
     paper's MLP on ``mnist5k``."""
     base = RunSettings(data=data, model="mlp", scope="global", rounds=rounds, epochs=epochs, seed=seed)
     return [
-        dataclasses.replace(base, method="sap", p=0.5, q=1.0),
-        dataclasses.replace(base, method="sap", p=1.0, q=2.0),
+        dataclasses.replace(base, method="sap", method_options={"p": 0.5, "q": 1.0}),
+        dataclasses.replace(base, method="sap", method_options={"p": 1.0, "q": 2.0}),
         dataclasses.replace(base, method="lt"),
         dataclasses.replace(base, method="os"),
         dataclasses.replace(base, method="random"),

@@ -234,7 +234,7 @@ class Pruner:
             raise ValueError(
                 f"pruner state version {state['version']} is newer than this pqprune reads ({STATE_VERSION})"
             )
-        if state["method"] != self.method.name:
+        if _methods.canonical(str(state["method"])) != _methods.canonical(self.method.name):  # older names are aliases
             raise ValueError(f"pruner state is for method {state['method']!r}, this pruner uses {self.method.name!r}")
         if state["scope"] != self.scope:
             raise ValueError(f"pruner state is for scope {state['scope']!r}, this pruner uses {self.scope!r}")

@@ -12,21 +12,15 @@ from typing import Any
 
 import numpy as np
 
-# One colour and marker per method, the same in every figure and every report. Labels are those of
-# pqprune.experiment.method_label; SAP's (p, q) are part of the label so the two SAP variants differ.
-METHOD_STYLES: dict[str, tuple[str, str]] = {
-    "SAP(0.5,1)": ("#1f77b4", "o"),
-    "SAP(1,2)": ("#ff7f0e", "s"),
-    "LT": ("#2ca02c", "^"),
-    "OS": ("#d62728", "v"),
-    "Random": ("#7f7f7f", "x"),
-    "LQ(0.5)": ("#8c564b", "P"),
-}
-# Other labels (SAP(0.5,2), variants of a method) get a style from a stable hash of the label: the same label
-# gets the same style in every report, without a global registry.
+from pqprune.experiment.settings import RunSettings, method_label
+from pqprune.prune.methods.registry import lookup, methods
+
+# One colour and marker per method, the same in every figure and every report: the styles the method classes
+# declare for their well-known labels (SAP(0.5,1), SAP(1,2), LT…). Other labels get a style from a stable hash of
+# the label (report.figures.method_style), so the same label looks the same in every report.
+METHOD_STYLES: dict[str, tuple[str, str]] = {label: style for cls in methods() for label, style in cls.styles.items()}
 _EXTRA_COLOURS = ("#9467bd", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39")
 _EXTRA_MARKERS = ("D", "*", "h", "<", ">", "p", "X", "d")
-_METHOD_ORDER = tuple(METHOD_STYLES)
 
 
 # --------------------------------------------------------------------------------------------- constants
@@ -101,19 +95,40 @@ def _natural_key(name: str) -> list[Any]:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
 
 
-def _label(settings: Mapping[str, Any]) -> str:
-    # One implementation of a method's human name: the runner's.
-    from pqprune.experiment.settings import method_label
+def _normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored settings of any version as today's (a method's own options only), so that runs of one
+    configuration group together whichever version wrote them; unreadable ones are kept as they are."""
+    try:
+        return RunSettings.from_stored(settings).to_dict()
+    except (ValueError, TypeError):
+        return dict(settings)
 
+
+def _label(settings: Mapping[str, Any]) -> str:
     try:
         return method_label(settings)
     except (KeyError, TypeError, ValueError):
         return str(settings.get("method", "?"))
 
 
-def _method_order(label: str) -> tuple[int, str]:
-    base = label.split(" ")[0]
-    return (_METHOD_ORDER.index(base) if base in _METHOD_ORDER else len(_METHOD_ORDER), label)
+def _method_order(m: MethodRuns) -> tuple[int, str]:
+    """Methods in the registry's order (SAP, LT, OS, Random, …), then by label."""
+    try:
+        rank = lookup(str(m.settings.get("method"))).rank
+    except ValueError:
+        rank = 1_000
+    return (rank, m.label)
+
+
+def canonical_where(where: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A settings filter with a method named by its registered name (``lottery_ticket``, ``LT`` → ``lt``)."""
+    out = dict(where or {})
+    if "method" in out:
+        try:
+            out["method"] = lookup(str(out["method"])).name
+        except ValueError as err:
+            raise ReportError(str(err)) from None
+    return out
 
 
 def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> list[Group]:
@@ -132,8 +147,9 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
     if not path.is_file():
         raise ReportError(f"no results database at {path} (run `pqprune run` or `pqprune demo` first, or pass --db)")
     try:
+        where = canonical_where(where)
         with Store(path) as store:
-            runs = store.list_runs(where=dict(where or {}))
+            runs = store.list_runs(where=where)
             everything = [run["settings"] for run in store.list_runs()] if not runs else []  # for the error message
             loaded = [(run, store.rounds(run["run_id"])) for run in runs]
     except (StoreError, ValueError) as err:
@@ -151,7 +167,7 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
 
     groups: dict[tuple[str, str, str], dict[str, MethodRuns]] = {}
     for run, rounds in loaded:
-        s = run["settings"]
+        s = _normalised(run["settings"])
         gkey = tuple(str(s.get(k)) for k in GROUP_KEYS)
         config = json.dumps({k: v for k, v in s.items() if k not in _NOT_METHOD}, sort_keys=True)
         mr = groups.setdefault(gkey, {}).setdefault(config, MethodRuns(_label(s), dict(s)))  # type: ignore[arg-type]
@@ -162,7 +178,7 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
     for (data, model, scope), configs in sorted(groups.items()):
         methods = list(configs.values())
         _disambiguate(methods)
-        out.append(Group(data, model, scope, sorted(methods, key=lambda m: _method_order(m.label))))
+        out.append(Group(data, model, scope, sorted(methods, key=_method_order)))
     return out
 
 

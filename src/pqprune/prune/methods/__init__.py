@@ -4,10 +4,11 @@
 lists them.
 """
 
-from pqprune.prune.methods.base import Method, Plan, UnitRecord, available, get, register
+from pqprune.prune.methods.base import Method, Option, Plan, RunContext, UnitRecord
 from pqprune.prune.methods.lq import LqNeuron
 from pqprune.prune.methods.magnitude import LotteryTicket, OneShot
 from pqprune.prune.methods.random import RandomMatched, RandomPruning
+from pqprune.prune.methods.registry import available, canonical, get, lookup, methods, register
 from pqprune.prune.methods.sap import SAP
 
 __all__ = [
@@ -16,11 +17,16 @@ __all__ = [
     "LqNeuron",
     "Method",
     "OneShot",
+    "Option",
     "Plan",
     "RandomMatched",
     "RandomPruning",
+    "RunContext",
     "UnitRecord",
     "available",
+    "canonical",
     "get",
+    "lookup",
+    "methods",
     "register",
 ]

@@ -1,28 +1,27 @@
-"""What every pruning method shares: the plan it returns, the per-unit records, the registry, unit arithmetic.
+"""What every pruning method is: the :class:`Method` interface, the options it declares, the plan it returns.
 
 A method answers one question: *how many to prune in each unit, ranked by what*. Its :meth:`Method.plan` sees
 the prunable weights, the current masks, the scope and the round number, and returns a :class:`Plan`: a count per
 unit, a score per entry (smallest pruned first) and one :class:`UnitRecord` per unit for reports. Selecting
 exactly those entries is :mod:`pqprune.prune.select`'s job; applying them is the
 :class:`pqprune.prune.pruner.Pruner`'s. Methods know nothing of data or training.
+
+A method class is also the single source of truth for everything else that names it: its registry name and
+aliases, the options a run sets (:class:`Option`: the ``--flags`` of ``pqprune run``/``sweep`` and the keys of a
+config file), their defaults and help, its display label and its colour in reports. Adding a method is one
+class in one file (docs/methods.md).
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
 from torch import Tensor
 
-from pqprune.measure.indices import sap_prune_count
-from pqprune.measure.sums import RowStats, power_sums_of, reduce_scope
-from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_scope
-from pqprune.prune.select import LazyScores
+from pqprune.measure.weights import Scope, check_scope
 
 Weights = Mapping[str, Tensor]
 Masks = Mapping[str, Tensor]
@@ -32,7 +31,7 @@ Counts = dict[str, "int | Tensor"]
 # --------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class UnitRecord:
-    """What was decided for one unit in one round (math.md §5: d, I, r, c, whether β clipped)."""
+    """What was decided for one unit in one round (docs/math.md §5: d, I, r, c, whether β clipped)."""
 
     unit: str  # "global", a parameter name, or "name[row]" at neuron scope
     d: int  # survivors before this round
@@ -54,105 +53,101 @@ class Plan:
     records: list[UnitRecord]
 
 
-# --------------------------------------------------------------------------------------------- unit helpers
-def unit_stats(weights: Weights, masks: Masks, scope: Scope, exponents: Sequence[float]) -> dict[str, RowStats]:
-    """Survivor counts and float64 power sums per unit, from one read of the weights."""
-    return reduce_scope(power_sums_of(weights, exponents, masks), scope)
+# --------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class Option:
+    """One hyper-parameter a run can set: ``--name`` on the command line, ``name`` in a config file.
+
+    ``kind`` is ``float``, ``int``, ``str`` or ``bool``; ``default`` None means "not set" (the method decides);
+    ``choices`` restricts a string. Range checks live in the method's constructor, the one place that knows them.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def coerce(self, value: Any) -> Any:
+        """``value`` (e.g. a string from the command line) as this option's type; ValueError naming the option."""
+        try:
+            out = _coerce(self.kind, value)
+        except (TypeError, ValueError):
+            raise ValueError(f"option {self.name!r} takes a {self.kind.__name__}, got {value!r}") from None
+        if self.choices and out not in self.choices:
+            raise ValueError(f"option {self.name!r} must be one of {', '.join(self.choices)}, got {value!r}")
+        return out
 
 
-def unit_sizes(weights: Weights, scope: Scope) -> dict[str, Tensor]:
-    """Entries per unit when dense (float64, one per unit row), matching :func:`unit_stats`' layout."""
-    if scope == "neuron":
-        return {
-            n: torch.full((as_rows(w).shape[0],), float(as_rows(w).shape[1]), dtype=torch.float64)
-            for n, w in weights.items()
-        }
-    if scope == "layer":
-        return {n: torch.tensor([float(w.numel())], dtype=torch.float64) for n, w in weights.items()}
-    return {GLOBAL: torch.tensor([float(sum(w.numel() for w in weights.values()))], dtype=torch.float64)}
+def _coerce(kind: type, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(value, (bool, int)) and value in (0, 1):
+            return bool(value)
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        out = float(value)
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ValueError(value)
+        return out
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return value
 
 
-def unit_counts(weights: Weights, masks: Masks, scope: Scope) -> dict[str, Tensor]:
-    """Survivors per unit (float64, one per unit row, :func:`unit_stats`' layout), from the masks alone;
-    a tensor without a mask is fully alive and costs nothing to count."""
-    per: dict[str, Tensor] = {}
-    for n, w in weights.items():
-        m = masks.get(n)
-        rows, cols = as_rows(w).shape
-        if scope == "neuron":
-            per[n] = (
-                torch.full((rows,), float(cols), dtype=torch.float64)
-                if m is None
-                else torch.count_nonzero(as_rows(m), dim=1).to(torch.float64).cpu()
-            )
-        else:
-            per[n] = torch.tensor([float(w.numel() if m is None else torch.count_nonzero(m))], dtype=torch.float64)
-    if scope == "global":
-        return {GLOBAL: torch.stack(list(per.values())).sum().reshape(1)}
-    return per
+@dataclass
+class RunContext:
+    """What an experiment supplies to a method besides its options (methods know nothing of data or runs).
+
+    ``seed``: the run's seed (random draws). ``reference``: run id → per-round reference masks or per-layer
+    survivor counts (``random_matched``). ``input_bounds``: measures the largest |input| of every prunable layer
+    on the training data, called at each pruning step (the ℓ_q bound rule).
+    """
+
+    seed: int = 0
+    reference: Callable[[str], Sequence[Mapping[str, Any]]] | None = None
+    input_bounds: Callable[[], Mapping[str, float]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
-def as_counts(per_unit: Mapping[str, Tensor], scope: Scope) -> Counts:
-    """Unit tensors (one entry per unit row) → the counts :func:`pqprune.prune.select.select_prune` takes."""
-    if scope == "neuron":
-        return {n: c.to(torch.int64).cpu() for n, c in per_unit.items()}
-    return {n: int(c.reshape(-1)[0]) for n, c in per_unit.items()}
-
-
-def make_records(
-    scope: Scope,
-    d: Mapping[str, Tensor],
-    index: Mapping[str, Tensor],
-    r: Mapping[str, Tensor],
-    c: Mapping[str, Tensor],
-    clipped: Mapping[str, Tensor] | None = None,
-) -> list[UnitRecord]:
-    """One record per unit; neuron units are named ``"param[row]"``."""
-    out = []
-    for u in d:
-        cols = [d[u].tolist(), index[u].tolist(), r[u].tolist(), c[u].tolist()]
-        cl = clipped[u].tolist() if clipped is not None else [False] * len(cols[0])
-        for i, (dd, ii, rr, cc, bb) in enumerate(zip(*cols, cl)):
-            name = f"{u}[{i}]" if scope == "neuron" else u
-            out.append(UnitRecord(name, int(dd), float(ii), int(rr), int(cc), bool(bb)))
-    return out
-
-
-def _retained(index: Tensor, d: Tensor, p: float, q: float, eta: float) -> Tensor:
-    """SAP's r for the report: with γ = β = 1, sap_prune_count prunes exactly d − r, so its rounding rule
-    (tolerances included) is reused rather than repeated here. A NaN index retains everything."""
-    return d - sap_prune_count(index, d, p, q, eta, 1.0, 1.0).to(torch.float64)
-
-
-def ratio_count(d: Tensor, ratio: float) -> Tensor:
-    """``floor(P·d)`` with a tolerance, so that 0.2·1000 is 200 and not 199."""
-    return torch.floor(d * ratio + 1e-9)
-
-
-def _check_ratio(ratio: float, arg: str = "ratio") -> float:
-    if not isinstance(ratio, (int, float)) or not (0.0 < float(ratio) < 1.0):
-        raise ValueError(f"{arg} must be in (0, 1), got {ratio!r}")
-    return float(ratio)
-
-
-def _random_scores(weights: Weights, seed: int, round_: int) -> LazyScores:
-    """Uniform scores, reproducible per (seed, round, tensor), recomputed identically on every access."""
-    order = {n: i for i, n in enumerate(weights)}
-
-    def fn(name: str, w: Tensor) -> Tensor:
-        state = np.random.SeedSequence([seed, round_, order[name]]).generate_state(2, dtype=np.uint64)
-        g = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-        return torch.rand(w.shape, generator=g, dtype=torch.float64).to(w.device)
-
-    return LazyScores(weights, fn, dtype=torch.float64)
-
-
-# --------------------------------------------------------------------------------------------- base
+# --------------------------------------------------------------------------------------------- the interface
 class Method(ABC):
-    """A pruning policy; subclasses implement :meth:`plan` and say which scope they default to."""
+    """A pruning policy. Subclasses implement :meth:`plan` and :meth:`hparams` and declare, as class attributes:
+
+    * ``name`` and ``aliases``: how runs, the command line and :func:`pqprune.prune.methods.get` name it;
+    * ``options``: the :class:`Option` s a run sets (their names are the constructor's keyword arguments unless
+      :meth:`from_options` maps them);
+    * ``label_format``: the display label, a format string over the options (``"SAP({p:g},{q:g})"``);
+    * ``styles``: colour and marker of well-known labels in figures (others get a stable colour of their own);
+    * ``default_scope``: the scope ``--scope auto`` resolves to;
+    * ``rank``: where it comes in listings and reports (lower first; new methods come after the built-in ones).
+    """
 
     name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[tuple[Option, ...]] = ()
+    label_format: ClassVar[str] = ""
+    styles: ClassVar[Mapping[str, tuple[str, str]]] = {}
     default_scope: ClassVar[str] = "global"
+    rank: ClassVar[int] = 100
 
     @abstractmethod
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
@@ -163,8 +158,48 @@ class Method(ABC):
 
     @abstractmethod
     def hparams(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-serialisable), e.g. for run identity."""
+        """The constructor arguments (JSON-serialisable), e.g. for reports and ``repr``."""
 
+    # ------------------------------------------------------------------ run options
+    @classmethod
+    def option(cls, name: str) -> Option:
+        for opt in cls.options:
+            if opt.name == name:
+                return opt
+        raise KeyError(name)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every option with its default."""
+        return {o.name: o.default for o in cls.options}
+
+    @classmethod
+    def resolve_options(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option of this method: the given ones (coerced) over the defaults. An option this method does
+        not take raises ``ValueError``."""
+        unknown = sorted(set(given) - {o.name for o in cls.options})
+        if unknown:
+            raise ValueError(f"method {cls.name!r} takes no option {', '.join(map(repr, unknown))}")
+        return {o.name: o.coerce(given[o.name]) if o.name in given else o.default for o in cls.options}
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: RunContext) -> Method:
+        """Build the method of a run from its resolved options (default: they are the constructor's arguments)."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], scope: str) -> None:
+        """Raise ``ValueError`` if resolved ``options`` or ``scope`` do not work for a run; needs no data
+        (default: build the method without a run and check the scope)."""
+        cls.from_options(options, RunContext()).check_scope(scope)
+
+    @classmethod
+    def label(cls, options: Mapping[str, Any]) -> str:
+        """Display label of the method with these options (defaults fill the missing ones)."""
+        values = {**cls.defaults(), **{k: v for k, v in options.items() if v is not None}}
+        return (cls.label_format or cls.name).format(**values)
+
+    # ------------------------------------------------------------------ instance
     def check_scope(self, scope: str) -> None:
         """Raise if this method cannot work at ``scope``."""
         check_scope(scope)
@@ -180,49 +215,3 @@ class Method(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
         return f"{type(self).__name__}({args})"
-
-
-_REGISTRY: dict[str, type[Method]] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register(name: str, *aliases: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method available to :func:`get` under ``name`` (and ``aliases``)."""
-
-    def deco(cls: type[Method]) -> type[Method]:
-        for key in (name, *aliases):
-            if key in _REGISTRY or key in _ALIASES:
-                raise ValueError(f"pruning method name {key!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        for a in aliases:
-            _ALIASES[a] = name
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    """Registered method names (aliases not included)."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str, **hparams: Any) -> Method:
-    """Build a registered method: ``get("sap", p=1.0, q=2.0)``. Unknown names list the available ones."""
-    key = _ALIASES.get(name, name)
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown pruning method {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[key](**hparams)
-
-
-# --------------------------------------------------------------------------------------------- fixed ratio
-def _fixed_ratio_plan(
-    weights: Weights, masks: Masks, scope: Scope, c_of: Callable[[str, Tensor], Tensor], scores: Mapping[str, Tensor]
-) -> Plan:
-    """Plan with counts ``c_of(unit, d)``. No sparsity index is used, so none is computed (NaN in records):
-    the counts come from the masks alone and the weights are read only by the selection."""
-    d = unit_counts(weights, masks, scope)
-    c = {u: c_of(u, du).clamp(min=0) for u, du in d.items()}
-    idx = {u: torch.full_like(du, math.nan) for u, du in d.items()}
-    r = {u: d[u] - c[u] for u in d}
-    return Plan(as_counts(c, scope), scores, make_records(scope, d, idx, r, c))

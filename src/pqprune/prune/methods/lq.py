@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -12,13 +12,14 @@ from torch import Tensor
 from pqprune.measure.indices import check_lq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import row_power_sums
 from pqprune.measure.weights import Masks, Scope, check_scope
-from pqprune.prune.methods.base import Method, Plan, Weights, _retained, as_counts, make_records, register, unit_stats
+from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
+from pqprune.prune.methods.registry import register
 from pqprune.prune.methods.sap import SAP
+from pqprune.prune.methods.units import as_counts, make_records, retained_count, unit_stats
 from pqprune.prune.select import magnitude_scores
 
 
-# --------------------------------------------------------------------------------------------- l_q neuron
-@register("lq_neuron", "lq")
+@register
 class LqNeuron(Method):
     """ℓ_q adaptive pruning per neuron [Yang22], math.md §7, with soft sparsity via the ℓ_q quasi-norm, 0<q<1.
 
@@ -32,6 +33,20 @@ class LqNeuron(Method):
       by the caller; methods know nothing of data).
     """
 
+    name: ClassVar[str] = "lq"
+    rank: ClassVar[int] = 5
+    aliases: ClassVar[tuple[str, ...]] = ("lq_neuron",)
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("q", float, 0.5, "the l_q exponent, 0 < q < 1"),
+        Option("rule", str, "index", "index (SAP's arithmetic with (q, 1)) or bound (guaranteed)", ("index", "bound")),
+        Option("eta", float, 0.0, "index rule: eta >= 0 (larger prunes more)"),
+        Option("gamma", float, 1.0, "index rule: gamma > 0, scales the pruned fraction"),
+        Option("beta", float, 0.9, "index rule: cap in (0, 1] on the fraction pruned per round"),
+        Option("eps", float, None, "bound rule: tolerance > 0 on each neuron's pre-activation change"),
+        Option("relative", bool, False, "bound rule: eps relative to B·‖w_i‖₁ instead of absolute"),
+        Option("input_bound", float, None, "bound rule: input bound B of every layer (unset: measured on the data)"),
+    )
+    styles: ClassVar[dict[str, tuple[str, str]]] = {"LQ(0.5)": ("#8c564b", "P"), "LQ-bound(0.5)": ("#e377c2", "*")}
     default_scope: ClassVar[str] = "neuron"
 
     def __init__(
@@ -42,7 +57,7 @@ class LqNeuron(Method):
         gamma: float = 1.0,
         beta: float = 0.9,
         eps: float | None = None,
-        input_bound: float | Mapping[str, float] = 1.0,
+        input_bound: float | Mapping[str, float] | Callable[[], Mapping[str, float]] = 1.0,
         relative: bool = False,
     ):
         check_lq(q)
@@ -54,13 +69,50 @@ class LqNeuron(Method):
         else:
             if eps is None or not (math.isfinite(eps) and eps > 0):
                 raise ValueError(f"the bound rule needs eps > 0, got {eps!r}")
-            bounds = input_bound.values() if isinstance(input_bound, Mapping) else [input_bound]
-            for b in bounds:
-                if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
-                    raise ValueError(f"input_bound must be a finite number >= 0, got {b!r}")
+            if not callable(input_bound):
+                _check_bounds(input_bound)
         self.q, self.rule, self.eta, self.gamma, self.beta = float(q), rule, float(eta), float(gamma), float(beta)
         self.eps, self.relative = eps, bool(relative)
-        self.input_bound = dict(input_bound) if isinstance(input_bound, Mapping) else float(input_bound)
+        self.input_bound: float | dict[str, float] | Callable[[], Mapping[str, float]] = (
+            input_bound
+            if callable(input_bound)
+            else dict(input_bound)
+            if isinstance(input_bound, Mapping)
+            else float(input_bound)
+        )
+        self.last_bounds: dict[str, float] = {}  # the input bounds the last bound-rule step used, per layer
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: RunContext) -> LqNeuron:
+        """The run's method. Options of the other rule are refused; the bound rule without ``input_bound`` uses
+        the largest |input| of each layer measured on the training data at each step (``context.input_bounds``)."""
+        o = dict(options)
+        if o["rule"] == "index":
+            wrong = [k for k in ("eps", "input_bound") if o.get(k) is not None] + (
+                ["relative"] if o.get("relative") else []
+            )
+            if wrong:
+                raise ValueError(f"option {', '.join(wrong)} belongs to lq's bound rule (--rule bound)")
+            return cls(q=o["q"], rule="index", eta=o["eta"], gamma=o["gamma"], beta=o["beta"])
+        defaults = cls.defaults()
+        wrong = [k for k in ("eta", "gamma", "beta") if o[k] != defaults[k]]
+        if wrong:
+            raise ValueError(f"option {', '.join(wrong)} belongs to lq's index rule, not --rule bound")
+        bound: float | Callable[[], Mapping[str, float]]
+        if o.get("input_bound") is not None:
+            bound = o["input_bound"]
+        elif context.input_bounds is not None:
+            bound = context.input_bounds
+        else:
+            bound = 1.0  # checking options only: the run measures the bounds
+        return cls(q=o["q"], rule="bound", eps=o["eps"], relative=o["relative"], input_bound=bound)
+
+    @classmethod
+    def label(cls, options: Mapping[str, Any]) -> str:
+        q = options.get("q") or cls.defaults()["q"]
+        if options.get("rule", "index") == "bound":
+            return f"LQ-bound({q:g})"
+        return f"LQ({q:g})"
 
     def hparams(self) -> dict[str, Any]:
         if self.rule == "index":
@@ -69,7 +121,7 @@ class LqNeuron(Method):
             "q": self.q,
             "rule": "bound",
             "eps": self.eps,
-            "input_bound": self.input_bound,
+            "input_bound": "measured" if callable(self.input_bound) else self.input_bound,
             "relative": self.relative,
         }
 
@@ -78,31 +130,42 @@ class LqNeuron(Method):
         if self.rule == "bound" and scope != "neuron":
             raise ValueError(f"lq_neuron's bound rule works per neuron; scope must be 'neuron', got {scope!r}")
 
-    def _bound(self, name: str) -> float:
-        if isinstance(self.input_bound, dict):
-            if name not in self.input_bound:
-                raise ValueError(f"lq_neuron: no input_bound for {name!r}; given for {sorted(self.input_bound)}")
-            return float(self.input_bound[name])
-        return self.input_bound
+    def _bounds(self, names: Sequence[str]) -> dict[str, float]:
+        given = self.input_bound() if callable(self.input_bound) else self.input_bound
+        if not isinstance(given, Mapping):
+            return dict.fromkeys(names, float(given))
+        _check_bounds(given)
+        missing = sorted(set(names) - set(given))
+        if missing:
+            raise ValueError(f"lq: no input_bound for {missing}; given for {sorted(given)}")
+        return {n: float(given[n]) for n in names}
 
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
         self.check_scope(scope)
-        q = self.q
+        q, eps = self.q, float(self.eps or 0.0)
         units = unit_stats(weights, masks, scope, (q, 1.0))
+        bounds = self._bounds(list(weights)) if self.rule == "bound" else {}
+        self.last_bounds = bounds
         d, idx, r, c, clipped = {}, {}, {}, {}, {}
         for u, st in units.items():
             d[u] = st.count
             idx[u] = pq_from_sums(st.count, st.sums[q], st.sums[1.0], q, 1.0)
             if self.rule == "index":
                 c[u] = sap_prune_count(idx[u], st.count, q, 1.0, self.eta, self.gamma, self.beta)
-                r[u] = _retained(idx[u], st.count, q, 1.0, self.eta)
+                r[u] = retained_count(idx[u], st.count, q, 1.0, self.eta)
                 clipped[u] = (self.gamma * (st.count - r[u]) > self.beta * st.count) & ~torch.isnan(idx[u])
             else:
-                keep = lq_keep_counts(weights[u], q, self.eps, self._bound(u), self.relative, masks.get(u))
+                keep = lq_keep_counts(weights[u], q, eps, bounds[u], self.relative, masks.get(u))
                 r[u] = torch.minimum(keep.to(torch.float64).cpu(), st.count)
                 c[u] = st.count - r[u]
                 clipped[u] = torch.zeros_like(st.count, dtype=torch.bool)
         return Plan(as_counts(c, scope), magnitude_scores(weights), make_records(scope, d, idx, r, c, clipped))
+
+
+def _check_bounds(bound: float | Mapping[str, float]) -> None:
+    for b in bound.values() if isinstance(bound, Mapping) else [bound]:
+        if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
+            raise ValueError(f"input_bound must be a finite number >= 0, got {b!r}")
 
 
 def _check_finite_positive(name: str, value: float) -> None:

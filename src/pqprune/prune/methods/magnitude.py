@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from pqprune.measure.weights import Masks, Scope
-from pqprune.prune.methods.base import (
-    Method,
-    Plan,
-    Weights,
-    _check_ratio,
-    _fixed_ratio_plan,
-    ratio_count,
-    register,
-    unit_sizes,
-)
+from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
+from pqprune.prune.methods.registry import register
+from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, ratio_count, unit_sizes
 from pqprune.prune.select import magnitude_scores
 
 
-@register("lottery_ticket", "lt", "imp")
+@register
 class LotteryTicket(Method):
     """Iterative magnitude pruning with rewinding, the lottery ticket [Frankle & Carbin 2019], math.md §6.
 
@@ -32,8 +25,18 @@ class LotteryTicket(Method):
     initial weights, k > 0 = "late rewinding" [Frankle et al. 2020].
     """
 
+    name: ClassVar[str] = "lt"
+    rank: ClassVar[int] = 1
+    aliases: ClassVar[tuple[str, ...]] = ("lottery_ticket", "imp")
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("ratio", float, 0.2, "fraction of each unit's survivors pruned per round, in (0, 1)"),
+        Option("rewind_step", int, 0, "rewind to the weights after this many training steps of round 0 (0 = initial)"),
+    )
+    label_format: ClassVar[str] = "LT"
+    styles: ClassVar[dict[str, tuple[str, str]]] = {"LT": ("#2ca02c", "^")}
+
     def __init__(self, ratio: float = 0.2, rewind_step: int = 0):
-        self.ratio = _check_ratio(ratio)
+        self.ratio = check_ratio(ratio)
         if not isinstance(rewind_step, int) or rewind_step < 0:
             raise ValueError(f"rewind_step must be an int >= 0, got {rewind_step!r}")
         self.rewind_step = rewind_step
@@ -42,12 +45,12 @@ class LotteryTicket(Method):
         return {"ratio": self.ratio, "rewind_step": self.rewind_step}
 
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
-        return _fixed_ratio_plan(
+        return fixed_ratio_plan(
             weights, masks, scope, lambda _u, d: ratio_count(d, self.ratio), magnitude_scores(weights)
         )
 
 
-@register("one_shot", "os")
+@register
 class OneShot(Method):
     """One-shot magnitude pruning, in the two forms of math.md §6 [Diao23 code, Frankle & Carbin 2019].
 
@@ -59,11 +62,33 @@ class OneShot(Method):
       ``ceil(ρ·D)`` entries per unit; later steps prune nothing.
     """
 
+    name: ClassVar[str] = "os"
+    rank: ClassVar[int] = 2
+    aliases: ClassVar[tuple[str, ...]] = ("one_shot", "oneshot")
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("ratio", float, 0.2, "cumulative form: fraction P in (0, 1) pruned per round, round t keeps (1-P)^t"),
+        Option("target_density", float, None, "prune once to keep this fraction of each unit, in (0, 1]"),
+    )
+    styles: ClassVar[dict[str, tuple[str, str]]] = {"OS": ("#d62728", "v")}
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: RunContext) -> OneShot:
+        if options.get("target_density") is None:
+            return cls(ratio=options["ratio"])
+        if options["ratio"] != cls.defaults()["ratio"]:
+            raise ValueError("give either ratio (cumulative one-shot) or target_density (prune once), not both")
+        return cls(target_density=options["target_density"])
+
+    @classmethod
+    def label(cls, options: Mapping[str, Any]) -> str:
+        rho = options.get("target_density")
+        return "OS" if rho is None else f"OS(density={rho:g})"
+
     def __init__(self, ratio: float | None = None, target_density: float | None = None):
         if ratio is not None and target_density is not None:
             raise ValueError("give either ratio (cumulative one-shot) or target_density (prune once), not both")
         if target_density is None:
-            self.ratio: float | None = _check_ratio(0.2 if ratio is None else ratio)
+            self.ratio: float | None = check_ratio(0.2 if ratio is None else ratio)
             self.target_density: float | None = None
         else:
             if not isinstance(target_density, (int, float)) or not (0.0 < float(target_density) <= 1.0):
@@ -78,7 +103,7 @@ class OneShot(Method):
         sizes = unit_sizes(weights, scope)
         if self.target_density is not None:
             rho = self.target_density
-            return _fixed_ratio_plan(
+            return fixed_ratio_plan(
                 weights, masks, scope, lambda u, d: d - torch.ceil(sizes[u] * rho - 1e-9), magnitude_scores(weights)
             )
         if self.reference is None:
@@ -88,7 +113,7 @@ class OneShot(Method):
         sparsity = 1.0 - (1.0 - self.ratio) ** (round_ + 1)
         keep = {u: D - torch.floor(D * sparsity + 1e-9) for u, D in sizes.items()}
         ref = {n: self.reference[n] for n in weights}  # the selection's flat order is the weights' order
-        return _fixed_ratio_plan(weights, masks, scope, lambda u, d: d - keep[u], magnitude_scores(ref))
+        return fixed_ratio_plan(weights, masks, scope, lambda u, d: d - keep[u], magnitude_scores(ref))
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.reference is None else {"reference": dict(self.reference)}

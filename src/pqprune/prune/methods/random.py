@@ -3,33 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
-from pqprune.measure.weights import Masks, Scope
-from pqprune.prune.methods.base import (
-    Method,
-    Plan,
-    Weights,
-    _check_ratio,
-    _fixed_ratio_plan,
-    _random_scores,
-    ratio_count,
-    register,
-    unit_counts,
-)
+from pqprune.measure.weights import GLOBAL, Masks, Scope, check_scope
+from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
+from pqprune.prune.methods.registry import register
+from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, random_scores, ratio_count, unit_counts
 
 
-@register("random")
+@register
 class RandomPruning(Method):
     """Random pruning: ``c = floor(P·d)`` survivors per unit, uniformly at random (math.md §6, [Qian21]).
 
-    Reproducible: the draw depends only on ``(seed, round, tensor)``.
+    Reproducible: the draw depends only on ``(seed, round, tensor)``; a run draws with its own seed.
     """
 
+    name: ClassVar[str] = "random"
+    rank: ClassVar[int] = 3
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("ratio", float, 0.2, "fraction of each unit's survivors pruned per round, in (0, 1)"),
+    )
+    label_format: ClassVar[str] = "Random"
+    styles: ClassVar[dict[str, tuple[str, str]]] = {"Random": ("#7f7f7f", "x")}
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: RunContext) -> RandomPruning:
+        return cls(ratio=options["ratio"], seed=context.seed)
+
     def __init__(self, ratio: float = 0.2, seed: int = 0):
-        self.ratio = _check_ratio(ratio)
+        self.ratio = check_ratio(ratio)
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.seed = seed
@@ -38,55 +43,118 @@ class RandomPruning(Method):
         return {"ratio": self.ratio, "seed": self.seed}
 
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
-        return _fixed_ratio_plan(
-            weights, masks, scope, lambda _u, d: ratio_count(d, self.ratio), _random_scores(weights, self.seed, round_)
+        return fixed_ratio_plan(
+            weights, masks, scope, lambda _u, d: ratio_count(d, self.ratio), random_scores(weights, self.seed, round_)
         )
 
 
-@register("random_matched")
+@register
 class RandomMatched(Method):
-    """Random pruning with the per-unit counts of reference masks (math.md §6): the control that separates
+    """Random pruning with the per-unit counts of a reference (docs/math.md §6): the control that separates
     *how many per unit* (an allocation rule) from *which ones* (its ranking).
 
-    Each unit keeps as many entries as the reference masks keep in that unit at the Pruner's scope, at random
-    positions among the current survivors. ``reference_masks`` is one name → bool mapping, or a sequence of
-    them: round t matches the t-th (the last one once exhausted).
+    Each unit keeps as many entries as the reference keeps in that unit at the Pruner's scope, at random
+    positions among the current survivors. ``reference`` is one reference or a sequence of them, round t matching
+    the t-th (the last one once exhausted). A reference is either masks (name → bool tensor: any scope) or
+    survivor counts per tensor (name → int: layer or global scope). In a run, ``--reference RUN_ID`` names
+    another run of the same model; round t matches the per-layer survivor counts of that run's round t + 1.
     """
 
-    def __init__(self, reference_masks: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]], seed: int = 0):
+    name: ClassVar[str] = "random_matched"
+    rank: ClassVar[int] = 4
+    aliases: ClassVar[tuple[str, ...]] = ("rm", "random-matched")
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("reference", str, None, "run id whose per-layer survivor counts are matched round by round"),
+    )
+    label_format: ClassVar[str] = "RandomMatched"
+    default_scope: ClassVar[str] = "layer"
+    styles: ClassVar[dict[str, tuple[str, str]]] = {"RandomMatched": ("#9467bd", "D")}
+
+    def __init__(
+        self,
+        reference_masks: Mapping[str, Tensor | int] | Sequence[Mapping[str, Tensor | int]],
+        seed: int = 0,
+    ):
         refs = [reference_masks] if isinstance(reference_masks, Mapping) else list(reference_masks)
         if not refs:
-            raise ValueError("random_matched needs at least one set of reference masks")
+            raise ValueError("random_matched needs at least one reference (masks or survivor counts)")
+        self.reference: list[dict[str, Tensor | int]] = []
         for i, ref in enumerate(refs):
+            clean: dict[str, Tensor | int] = {}
             for n, m in ref.items():
-                if not isinstance(m, Tensor):
-                    raise TypeError(f"reference mask {n!r} (set {i}) is a {type(m).__name__}, not a tensor")
-        self.reference = [{n: m != 0 for n, m in ref.items()} for ref in refs]
+                if isinstance(m, Tensor):
+                    clean[n] = m != 0
+                elif isinstance(m, int) and not isinstance(m, bool) and m >= 0:
+                    clean[n] = m
+                else:
+                    raise TypeError(f"reference {n!r} (set {i}) is a {type(m).__name__}, not a mask or a count >= 0")
+            self.reference.append(clean)
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.seed = seed
 
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: RunContext) -> RandomMatched:
+        run_id = options.get("reference")
+        if not run_id:
+            raise ValueError("random_matched needs --reference RUN_ID (the run whose counts it matches)")
+        if context.reference is None:
+            raise ValueError("random_matched: nothing here can look up reference runs")
+        return cls(context.reference(run_id), seed=context.seed)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], scope: str) -> None:
+        if not options.get("reference"):
+            raise ValueError("random_matched needs --reference RUN_ID (the run whose counts it matches)")
+        check_scope(scope)
+        if scope == "neuron":
+            raise ValueError("random_matched in a run matches per-layer counts: use --scope layer or global")
+
     def hparams(self) -> dict[str, Any]:
         return {"seed": self.seed, "reference_sets": len(self.reference)}
 
-    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
-        ref = self.reference[min(round_, len(self.reference) - 1)]
+    def check_scope(self, scope: str) -> None:
+        super().check_scope(scope)
+        if scope == "neuron" and any(not isinstance(v, Tensor) for ref in self.reference for v in ref.values()):
+            raise ValueError("random_matched: neuron scope needs reference masks, not per-layer counts")
+
+    def _kept(self, weights: Weights, ref: Mapping[str, Tensor | int], scope: Scope) -> dict[str, Tensor]:
         missing = sorted(set(weights) - set(ref))
         unknown = sorted(set(ref) - set(weights))
         if missing or unknown:
-            raise ValueError(f"random_matched: reference masks lack {missing} and name unknown parameters {unknown}")
+            raise ValueError(f"random_matched: the reference lacks {missing} and names unknown parameters {unknown}")
+        masks: dict[str, Tensor] = {}
         for n, w in weights.items():
-            if ref[n].shape != w.shape:
-                raise ValueError(
-                    f"random_matched: reference mask {n!r} has shape {tuple(ref[n].shape)}, the weight has {tuple(w.shape)}"
-                )
-        kept = unit_counts(weights, ref, scope)
+            m = ref[n]
+            if isinstance(m, Tensor):
+                if m.shape != w.shape:
+                    raise ValueError(
+                        f"random_matched: reference mask {n!r} has shape {tuple(m.shape)}, the weight has {tuple(w.shape)}"
+                    )
+                masks[n] = m
+            elif m > w.numel():
+                raise ValueError(f"random_matched: the reference keeps {m} entries of {n!r}, which has {w.numel()}")
+        if len(masks) == len(weights):
+            return unit_counts(weights, masks, scope)
+        self.check_scope(scope)
+        per = {
+            n: torch.tensor([float(m.sum()) if isinstance(m, Tensor) else float(m)], dtype=torch.float64)
+            for n, m in ref.items()
+            if n in weights
+        }
+        if scope == "global":
+            return {GLOBAL: torch.stack(list(per.values())).sum().reshape(1)}
+        return {n: per[n] for n in weights}
+
+    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
+        ref = self.reference[min(round_, len(self.reference) - 1)]
+        kept = self._kept(weights, ref, scope)
         kept_now = unit_counts(weights, masks, scope)
         for u in kept:
             if bool((kept[u] > kept_now[u]).any()):
                 raise ValueError(f"random_matched: the reference keeps more entries in unit {u!r} than survive now")
-        return _fixed_ratio_plan(
-            weights, masks, scope, lambda u, d: d - kept[u], _random_scores(weights, self.seed, round_)
+        return fixed_ratio_plan(
+            weights, masks, scope, lambda u, d: d - kept[u], random_scores(weights, self.seed, round_)
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.weights import Masks, Scope
-from pqprune.prune.methods.base import Method, Plan, Weights, _retained, as_counts, make_records, register, unit_stats
+from pqprune.prune.methods.base import Method, Option, Plan, Weights
+from pqprune.prune.methods.registry import register
+from pqprune.prune.methods.units import as_counts, make_records, retained_count, unit_stats
 from pqprune.prune.select import magnitude_scores
 
 
-# --------------------------------------------------------------------------------------------- SAP
-@register("sap")
+@register
 class SAP(Method):
     """Sparsity-informed Adaptive Pruning [Diao23, Algorithm 1], math.md §5.
 
@@ -26,6 +27,18 @@ class SAP(Method):
     and the ``c`` smallest-magnitude survivors are pruned. With (0.5, 1), η = 0, γ = 1 the fraction pruned is
     the PQI itself. Counts come from :func:`pqprune.measure.sap_prune_count`.
     """
+
+    name: ClassVar[str] = "sap"
+    rank: ClassVar[int] = 0
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("p", float, 0.5, "p of the PQ Index pair (0 < p < q)"),
+        Option("q", float, 1.0, "q of the PQ Index pair"),
+        Option("eta", float, 0.0, "eta_r >= 0 of the retained-weight bound (larger prunes more)"),
+        Option("gamma", float, 1.0, "gamma > 0, scales the pruned fraction"),
+        Option("beta", float, 0.9, "cap beta in (0, 1] on the fraction pruned per round"),
+    )
+    label_format: ClassVar[str] = "SAP({p:g},{q:g})"
+    styles: ClassVar[dict[str, tuple[str, str]]] = {"SAP(0.5,1)": ("#1f77b4", "o"), "SAP(1,2)": ("#ff7f0e", "s")}
 
     def __init__(self, p: float = 0.5, q: float = 1.0, eta: float = 0.0, gamma: float = 1.0, beta: float = 0.9):
         check_pq(p, q)
@@ -48,6 +61,6 @@ class SAP(Method):
             d[u] = st.count
             idx[u] = pq_from_sums(st.count, st.sums[p], st.sums[q], p, q)
             c[u] = sap_prune_count(idx[u], st.count, p, q, self.eta, self.gamma, self.beta)
-            r[u] = _retained(idx[u], st.count, p, q, self.eta)
+            r[u] = retained_count(idx[u], st.count, p, q, self.eta)
             clipped[u] = (self.gamma * (st.count - r[u]) > self.beta * st.count) & ~torch.isnan(idx[u])
         return Plan(as_counts(c, scope), magnitude_scores(weights), make_records(scope, d, idx, r, c, clipped))
