@@ -8,6 +8,9 @@ accepted wherever a method is named.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
 from typing import Any
 
 from pqprune.prune.methods.base import Method, Option
@@ -104,3 +107,26 @@ def option_help(name: str) -> str:
                 default = "" if opt.default is None else f" [default: {opt.default}]"
                 parts.append(f"{cls.name}: {opt.help}{default}")
     return "; ".join(parts) + "."
+
+
+ENTRY_POINT_GROUP = "pqprune.methods"
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every module of :mod:`pqprune.prune.methods` (each registers its method) and every module named by
+    an installed package's ``pqprune.methods`` entry point; once per process."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    package = importlib.import_module("pqprune.prune.methods")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"pqprune.prune.methods.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin must not break pqprune: say which one and go on
+            import warnings
+
+            warnings.warn(f"pruning method plugin {ep.name!r} ({ep.value}) failed to load: {err}", stacklevel=2)
