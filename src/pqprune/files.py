@@ -35,7 +35,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the

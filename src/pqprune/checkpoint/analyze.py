@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -90,13 +90,13 @@ def analyze(
     layer_pqi = {n: float(v[0]) for n, v in map_units(layer_units, pqi).items()}
     global_pqi = float(pqi(global_unit)[0])
     layer_gini = gini(weights, "layer", matched)
-    global_gini = gini(weights, "global", matched)
+    global_gini = cast(float, gini(weights, "global", matched))
     assert isinstance(layer_gini, dict)
 
     survivors = {n: _survivors(w, matched[n]) for n, w in weights.items()}
     neuron_pqi: dict[str, Tensor] = {}
     if scope == "global":
-        c = int(sap_prune_count(global_pqi, float(global_unit.count[0]), p, q))
+        c = sap_prune_count(global_pqi, int(global_unit.count[0]), p, q)
         kept = _global_keep(weights, matched, c)
     elif scope == "layer":
         kept = {n: survivors[n] - int(sap_prune_count(layer_pqi[n], survivors[n], p, q)) for n in weights}
@@ -104,8 +104,7 @@ def analyze(
         kept = {}
         for n, u in rows.items():
             neuron_pqi[n] = pqi(u)
-            c = sap_prune_count(neuron_pqi[n], u.count, p, q)
-            kept[n] = survivors[n] - int(c.sum())
+            kept[n] = survivors[n] - int(sap_prune_count(neuron_pqi[n], u.count, p, q).sum())
 
     def keep_fraction(kept_n: int, alive_n: int) -> float | None:
         return kept_n / alive_n if alive_n > 0 else None

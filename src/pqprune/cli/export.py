@@ -54,6 +54,7 @@ def export_command(
             export.save_sparse(state, mask_map, out)
             after = dict(before)
         else:
+            assert net is not None  # built above for the shrunk format
             small = export.shrink(net, mask_map)
             export.save_shrunk(small, out)
             after = export.model_metrics(small, None, shape)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 
@@ -85,7 +87,7 @@ def _bound_sizes(spec, eps: float | None, delta: float | None) -> dict:
     shapes = spec.weight_shapes()
     n_events = 3 * len(shapes) - 2
     d_each = (delta if delta is not None else 0.1) / n_events
-    layers = []
+    layers: list[dict[str, Any]] = []
     for shape, s in zip(shapes, spec.scales()):
         rows = shape[0]
         if spec.method == "random":

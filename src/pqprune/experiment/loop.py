@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def _measure(
         return {n: float(v[0]) for n, v in values.items()}
 
     layer_pqi = pqi("layer")
-    layer_gini = gini(model, "layer", masks)
+    layer_gini = cast(dict[str, float], gini(model, "layer", masks))
     layers = {
         n: {"pqi": layer_pqi[n], "gini": layer_gini[n], "density": density[n].density, "kept": density[n].kept}
         for n in layer_pqi

@@ -361,7 +361,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
                 import tomllib
             except ImportError:  # Python 3.10: the same parser as a package
                 try:
-                    import tomli as tomllib  # type: ignore[no-redef]
+                    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
                 except ImportError:
                     raise SettingsError(
                         f"config file {path}: reading TOML needs Python 3.11+ or the tomli package"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ def gini(obj: WeightSource, scope: Scope = "global", masks: Masks | Tensor | Non
     matched = check_masks(weights, masks)
     mags = {n: _magnitudes(w, matched[n], n) for n, w in weights.items()}
     counts = {
-        n: (torch.tensor(float(w.numel())) if matched[n] is None else matched[n].sum(dtype=torch.float64))
+        n: (torch.tensor(float(w.numel())) if (m := matched[n]) is None else m.sum(dtype=torch.float64))
         for n, w in weights.items()
     }
     if scope == "neuron":
@@ -238,6 +239,18 @@ def retained_bound(index: float | Tensor, d: float | Tensor, p: float, q: float,
     return out if isinstance(index, Tensor) or isinstance(d, Tensor) else float(out)
 
 
+@overload
+def sap_prune_count(
+    index: Tensor, d: int | Tensor, p: float, q: float, eta: float = ..., gamma: float = ..., beta: float = ...
+) -> Tensor: ...
+@overload
+def sap_prune_count(
+    index: float | Tensor, d: Tensor, p: float, q: float, eta: float = ..., gamma: float = ..., beta: float = ...
+) -> Tensor: ...
+@overload
+def sap_prune_count(
+    index: float, d: int, p: float, q: float, eta: float = ..., gamma: float = ..., beta: float = ...
+) -> int: ...
 def sap_prune_count(
     index: float | Tensor,
     d: int | Tensor,

@@ -73,8 +73,8 @@ def _as_pointer() -> Callable[..., Any]:
     from numba.extending import intrinsic
 
     @intrinsic
-    def as_pointer(typingctx, address):  # type: ignore[no-untyped-def]
-        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def as_pointer(typingctx, address):
+        def codegen(context, builder, signature, args):
             return builder.inttoptr(args[0], cgutils.voidptr_t)
 
         return types.voidptr(types.int64), codegen
@@ -163,7 +163,7 @@ def _run(table: np.ndarray, out: np.ndarray, workers: int) -> None:
     import numba
 
     serial, parallel = _kernel()
-    workers = min(workers, numba.config.NUMBA_NUM_THREADS)
+    workers = min(workers, numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     forked = _parallel_pid not in (None, os.getpid()) and numba.threading_layer() == "omp"
     if workers <= 1 or forked:
         serial(table, out)

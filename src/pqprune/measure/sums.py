@@ -153,7 +153,7 @@ def power_sums_of(
     """
     exps = _check_exponents(exponents)
     masks = masks or {}
-    rows = {n: (as_rows(w), None if masks.get(n) is None else as_rows(masks[n])) for n, w in weights.items()}
+    rows = {n: (as_rows(w), None if (m := masks.get(n)) is None else as_rows(m)) for n, w in weights.items()}
     fusable = [n for n, (r, m) in rows.items() if cpu_kernels.usable(r, m, exps)]
     if sum(rows[n][0].numel() for n in fusable) < cpu_kernels.MIN_NUMEL:
         fusable = []

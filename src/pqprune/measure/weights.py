@@ -23,7 +23,7 @@ GLOBAL = "global"
 """Name of the single unit at global scope."""
 
 WeightSource = Tensor | nn.Module | Mapping[str, Tensor]
-Masks = Mapping[str, Tensor]
+Masks = Mapping[str, "Tensor | None"]  # a missing or None entry: the tensor is dense
 Result = float | dict[str, float] | dict[str, Tensor]
 # Module types whose 2-D+ "weight" is not a connection matrix: never pruned by default (math.md §1).
 _NOT_PRUNABLE = (

@@ -44,7 +44,7 @@ class LazyScores(Mapping[str, Tensor]):
         tensors: Mapping[str, Tensor],
         fn: Callable[[str, Tensor], Tensor],
         dtype: torch.dtype | None = None,
-        out_fn: Callable[[Tensor, Tensor], None] | None = None,
+        out_fn: Callable[[Tensor, Tensor], object] | None = None,
     ):
         self._tensors = tensors
         self._fn = fn
@@ -207,7 +207,7 @@ def smallest_global(
         a = alive.get(n)
         if a is not None and a.shape != meta[n][0]:
             raise ValueError(f"mask for {n!r} has shape {tuple(a.shape)}, its scores have {tuple(meta[n][0])}")
-    n_alive = sum(int(torch.count_nonzero(alive[n])) if alive.get(n) is not None else meta[n][0].numel() for n in names)
+    n_alive = sum(int(torch.count_nonzero(a)) if (a := alive.get(n)) is not None else meta[n][0].numel() for n in names)
     if not 0 <= k <= n_alive:
         raise ValueError(f"global: cannot prune {k} of the {n_alive} survivors")
     if k == 0:
@@ -231,7 +231,7 @@ def smallest_global(
                 raise ValueError(f"scores of {n!r} are float64 but were declared {dtype}")
             part.copy_(s.reshape(-1))
             del s
-        _dead_to_inf(part, None if alive.get(n) is None else alive[n].reshape(-1))
+        _dead_to_inf(part, None if (a := alive.get(n)) is None else a.reshape(-1))
         off += size
     if buf.device.type == "cpu":
         arr = buf.numpy()
@@ -304,7 +304,7 @@ def select_prune(
         c = counts.get(name, 0)
         if scope == "layer":
             flat = smallest_in_rows(
-                s.reshape(1, -1), int(c), None if alive.get(name) is None else alive[name].reshape(1, -1), name
+                s.reshape(1, -1), int(c), None if (a := alive.get(name)) is None else a.reshape(1, -1), name
             )
             out[name] = flat.reshape(s.shape)
         else:

@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SCHEMA_VERSION = 2
 # Statements that take a database of version v to v + 1; applied in order when an older database is opened.
@@ -291,7 +291,8 @@ class Store:
 
         ``where={"method": "sap", "seed": 0}`` keeps runs whose settings have exactly those values.
         """
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if status is not None:
             clauses.append("r.status = ?")
             args.append(status)
@@ -299,7 +300,7 @@ class Store:
             if not str(key).isidentifier():
                 raise ValueError(f"setting names are identifiers, got {key!r}")
             clauses.append(f"json_extract(r.settings, '$.{key}') = ?")
-            args.append(value if not isinstance(value, bool) else int(value))
+            args.append(int(value) if isinstance(value, bool) else value)
         if run_ids is not None:
             clauses.append(f"r.run_id IN ({','.join('?' * len(run_ids))})" if run_ids else "0")
             args.extend(run_ids)
@@ -513,7 +514,7 @@ def theory_cells(store: Store, study: str | None = None) -> list[dict[str, Any]]
     exists = store._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'theory'").fetchone()
     if exists is None:
         return []
-    sql, args = "SELECT * FROM theory", ()
+    sql, args = "SELECT * FROM theory", cast(tuple[str, ...], ())
     if study is not None:
         sql, args = sql + " WHERE study = ?", (study,)
     return [_run_dict(row) for row in store._conn.execute(sql + " ORDER BY id", args).fetchall()]

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from pqprune.experiment.data.builtin import TEACHER_DISTS, make_teacher
 from pqprune.measure.indices import check_lq
-from pqprune.prune.methods.base import Method, Plan
+from pqprune.measure.weights import Masks, Scope
+from pqprune.prune.methods.base import Counts, Method, Plan, Weights
 from pqprune.prune.methods.lq import LqNeuron
 from pqprune.prune.methods.magnitude import OneShot
 from pqprune.prune.methods.sap import SAP
@@ -99,10 +100,10 @@ class _MagnitudeAtCounts(Method):
     def hparams(self) -> dict[str, Any]:
         return {"keep": dict(self.keep)}
 
-    def plan(self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], scope: str, round_: int) -> Plan:
+    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
         if scope != "layer":
             raise ValueError("magnitude_at_counts works at layer scope")
-        counts: dict[str, int] = {}
+        counts: Counts = {}
         for n, w in weights.items():
             m = masks.get(n)
             alive = int(m.sum()) if m is not None else w.numel()

@@ -146,7 +146,11 @@ class LqNeuron(Method):
         units = unit_stats(weights, masks, scope, (q, 1.0))
         bounds = self._bounds(list(weights)) if self.rule == "bound" else {}
         self.last_bounds = bounds
-        d, idx, r, c, clipped = {}, {}, {}, {}, {}
+        d: dict[str, Tensor] = {}
+        idx: dict[str, Tensor] = {}
+        r: dict[str, Tensor] = {}
+        c: dict[str, Tensor] = {}
+        clipped: dict[str, Tensor] = {}
         for u, st in units.items():
             d[u] = st.count
             idx[u] = pq_from_sums(st.count, st.sums[q], st.sums[1.0], q, 1.0)

@@ -102,7 +102,7 @@ class OneShot(Method):
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
         sizes = unit_sizes(weights, scope)
         if self.target_density is not None:
-            rho = self.target_density
+            rho: float = self.target_density
             return fixed_ratio_plan(
                 weights, masks, scope, lambda u, d: d - torch.ceil(sizes[u] * rho - 1e-9), magnitude_scores(weights)
             )
@@ -110,7 +110,8 @@ class OneShot(Method):
             self.reference = {n: w.detach().clone() for n, w in weights.items()}
         if set(self.reference) != set(weights):
             raise ValueError(f"one_shot: reference weights are for {sorted(self.reference)}, got {sorted(weights)}")
-        sparsity = 1.0 - (1.0 - self.ratio) ** (round_ + 1)
+        ratio = self.ratio if self.ratio is not None else 0.0  # set whenever target_density is None
+        sparsity = 1.0 - (1.0 - ratio) ** (round_ + 1)
         keep = {u: D - torch.floor(D * sparsity + 1e-9) for u, D in sizes.items()}
         ref = {n: self.reference[n] for n in weights}  # the selection's flat order is the weights' order
         return fixed_ratio_plan(weights, masks, scope, lambda u, d: d - keep[u], magnitude_scores(ref))
