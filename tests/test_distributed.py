@@ -28,6 +28,8 @@ from pqprune.experiment.train import TrainConfig, _Score, evaluate, train_epochs
 from pqprune.files import load_state_dict
 from pqprune.store.database import Store
 
+pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
+
 TINY = RunSettings(data="digits", model="mlp", rounds=3, epochs=1, keep_checkpoints="all")
 CLI = ["--data", "digits", "--model", "mlp", "--rounds", "3", "--epochs", "1", "--keep-checkpoints", "all"]
 MASKS = "pruner/masks/"

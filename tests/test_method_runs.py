@@ -14,6 +14,8 @@ from pqprune.experiment import RunDir, RunSettings, SettingsError, expand_grid
 from pqprune.experiment.method_context import max_abs_inputs
 from pqprune.prune.methods import available, lookup
 
+pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
+
 runner = CliRunner()
 TINY = ["--data", "digits", "--model-option", "hidden=16", "--rounds", "2", "--epochs", "1"]
 

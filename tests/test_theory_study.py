@@ -44,13 +44,7 @@ TEACHER = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks: one thread is ~20× faster than several on this shared machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ Monte-Carlo grid
