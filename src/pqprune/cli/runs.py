@@ -20,10 +20,10 @@ def run_command(
         None, "--config", help="YAML or TOML file of settings; options given here override it."
     ),
     data_option: list[str] | None = typer.Option(
-        None, "--data-option", help="KEY=VALUE option of the data set (repeatable)."
+        None, "--data-option", metavar="KEY=VALUE", help="Option of the data set (repeatable)."
     ),
     model_option: list[str] | None = typer.Option(
-        None, "--model-option", help="KEY=VALUE option of the model (repeatable)."
+        None, "--model-option", metavar="KEY=VALUE", help="Option of the model (repeatable)."
     ),
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
@@ -85,7 +85,9 @@ def sweep_command(
     config: str | None = typer.Option(
         None, "--config", help="YAML or TOML file of base settings (lists there sweep too)."
     ),
-    set_: list[str] | None = typer.Option(None, "--set", help="KEY=V1,V2,… for any setting (repeatable)."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=V1,V2", help="Values of any setting to sweep over (repeatable)."
+    ),
     workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
