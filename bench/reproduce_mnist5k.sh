@@ -26,7 +26,6 @@ study() {  # the Fig. 2 comparison and the scope comparison for one model
     "$PQ" sweep "$@" --method sap --p 1 --q 2 --scope global "${COMMON[@]}"
 }
 study --model mlp --epochs "$MLP_EPOCHS"
-study --config bench/configs/repro_cnn.yaml --epochs "$CNN_EPOCHS"
 
 # l_q per-neuron pruning: eps relative to B·‖w_i‖₁; 1.5 keeps about 60% of each neuron per round here.
 LQ=(--model mlp --epochs "$MLP_EPOCHS" --method lq --scope neuron)
@@ -39,4 +38,5 @@ for seed in 0 1 2; do
     "$PQ" run --model mlp --epochs "$MLP_EPOCHS" --method random_matched --reference "$ref" --scope neuron \
         --data mnist5k --seed "$seed" --rounds "$ROUNDS" --db "$DB" --runs-dir "$RUNS" --quiet
 done
+study --config bench/configs/repro_cnn.yaml --epochs "$CNN_EPOCHS"
 "$PQ" report --db "$DB" --where rounds="$ROUNDS" --out runs/repro-mnist5k-report
