@@ -12,7 +12,7 @@ matrices. Everything in one run, on the same tensors, best of a few repetitions:
       exponent, pair and scope, in float32. Timed on an evenly spaced subset of the pairs and extrapolated to
       all 109 (the output says how many were timed).
 
-Targets (issue 2): (b) ≤ 3× (a) and (d)/(c) ≥ 20.
+Targets: (b) ≤ 3× (a) and (d)/(c) ≥ 20.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-process runs (issue 8): torchrun + DDP on 2 CPU processes (gloo) against a single-process run.
+"""Multi-process runs: torchrun + DDP on 2 CPU processes (gloo) against a single-process run.
 
 What holds, measured on the tiny configuration below (digits + MLP, 3 rounds × 1 epoch, global batch 250):
 the masks of every round are bit-identical to the single-process run's, and so are density, best epoch and

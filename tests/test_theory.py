@@ -1,4 +1,4 @@
-"""Tests of pqprune.theory: math.md §4 (Theorem 2), §7 (ℓ_q bound) and §8 (moments, high-probability bound, Monte Carlo).
+"""Tests of pqprune.theory: docs/math.md §4 (Theorem 2), §7 (ℓ_q bound) and §8 (moments, high-probability bound, Monte Carlo).
 
 Measured figures quoted in docstrings below (seeded, this machine):
 * ℓ_q per-neuron bound B‖w‖_q m^{1−1/q} vs the exact worst case B‖tail‖₁ (Cauchy rows, d=256, q=0.5):

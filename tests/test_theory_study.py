@@ -1,4 +1,4 @@
-"""The theory studies (issue 6): the Monte-Carlo grid, the teacher experiment and their CLI (`pqprune theory`)."""
+"""The theory studies: the Monte-Carlo grid, the teacher experiment and their CLI (`pqprune theory`)."""
 
 from __future__ import annotations
 

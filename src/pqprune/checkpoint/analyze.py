@@ -63,7 +63,7 @@ def analyze(
     metrics: bool = False,
     input_shape: Sequence[int] | None = None,
 ) -> Report:
-    """Sparsity report of the prunable weights of ``obj`` [Diao23] (math.md §1–5).
+    """Sparsity report of the prunable weights of ``obj`` [Diao23] (docs/math.md §1–5).
 
     With ``metrics=True`` (or an ``input_shape``) the report also holds ``"metrics"``: the ShrinkBench-style
     record of :func:`pqprune.export.model_metrics` (parameters, nonzeros, sizes; FLOPs given ``input_shape``).

@@ -30,7 +30,7 @@ def run_command(
     as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Prune and retrain one model (math.md §5); rerunning the same command resumes it, or reuses it if finished."""
+    """Prune and retrain one model (docs/math.md §5); rerunning the same command resumes it, or reuses it if finished."""
     import json
 
     from pqprune.experiment import run_experiment
@@ -271,7 +271,7 @@ def demo_command(
         err_console.print("interrupted: finished rounds are saved; rerun `pqprune demo` to resume", highlight=False)
         raise typer.Exit(code=130) from None
     seconds = time.perf_counter() - start
-    report_index = _demo_report(db, runs_dir, runs)  # issue 5: the demo ends with the report of its runs
+    report_index = _demo_report(db, runs_dir, runs)  # the demo ends with the report of its runs
     if as_json:
         typer.echo(
             json.dumps(

@@ -180,7 +180,7 @@ def _magnitudes(w: Tensor, m: Tensor | None, name: str) -> Tensor:
 
 
 def gini(obj: WeightSource, scope: Scope = "global", masks: Masks | Tensor | None = None) -> Result:
-    """Gini index of the surviving magnitudes [Hurley & Rickard 2009], as in math.md §3.
+    """Gini index of the surviving magnitudes [Hurley & Rickard 2009], as in docs/math.md §3.
 
     ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ_i x_(i))`` over the N survivors sorted ascending. A constant vector gives
     0, a 1-sparse one ``1 − 1/N``. Needs a sort of each unit (O(n log n)), unlike the power-sum measures.
@@ -260,7 +260,7 @@ def sap_prune_count(
     gamma: float = 1.0,
     beta: float = 0.9,
 ) -> int | Tensor:
-    """How many survivors SAP prunes from a unit this round [Diao23, Algorithm 1], math.md §5.
+    """How many survivors SAP prunes from a unit this round [Diao23, Algorithm 1], docs/math.md §5.
 
         r = ceil(d · (1+η)^{q/(p−q)} · (1 − I)^{qp/(q−p)})
         c = floor(d · clamp(γ·(1 − r/d), 0, β))

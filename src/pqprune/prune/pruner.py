@@ -56,7 +56,7 @@ class Pruner:
     Args:
         model: any ``nn.Module``; its structure and ``state_dict`` keys are never changed.
         method: a :class:`pqprune.prune.methods.Method` or a registered name (``"sap"``, ``"lottery_ticket"``, …).
-        scope: the unit of each decision (math.md §1); default: the method's (``"global"``, ``"neuron"`` for
+        scope: the unit of each decision (docs/math.md §1); default: the method's (``"global"``, ``"neuron"`` for
             ``LqNeuron``).
         include, exclude, include_types, exclude_types: which parameters are prunable, see
             :func:`pqprune.prune.masks.discover`.

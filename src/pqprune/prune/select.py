@@ -1,6 +1,6 @@
-"""Exact-k selection: prune exactly ``c`` survivors per unit, the ``c`` smallest by score (math.md §5).
+"""Exact-k selection: prune exactly ``c`` survivors per unit, the ``c`` smallest by score (docs/math.md §5).
 
-Units follow math.md §1: ``global`` (all tensors concatenated in mapping order), ``layer`` (one tensor) and
+Units follow docs/math.md §1: ``global`` (all tensors concatenated in mapping order), ``layer`` (one tensor) and
 ``neuron`` (one row of ``W.reshape(out, -1)``). Within a unit the ``c`` survivors with the smallest scores are
 pruned; equal scores are broken by flat index (lower index pruned first), so the result is deterministic and
 the number pruned always equals the number decided — unlike a "prune everything below a threshold" rule,

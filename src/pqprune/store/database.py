@@ -416,12 +416,12 @@ def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 
 # ================================================================================================ theory studies
-# Section owned by the theory study (issue 6; pqprune.theory). Kept apart from the runs/rounds schema above:
+# Section owned by the theory study (pqprune.theory). Kept apart from the runs/rounds schema above:
 # the table is created lazily by the first write (CREATE TABLE IF NOT EXISTS inside that write's transaction), so
 # databases without it stay valid and the schema version is unchanged (a new table alters no existing one).
 #
 #   theory(                                              -- one row per Monte-Carlo cell: a random-network
-#     id INTEGER PRIMARY KEY,                            -- configuration at one tolerance ε (math.md §8)
+#     id INTEGER PRIMARY KEY,                            -- configuration at one tolerance ε (docs/math.md §8)
 #     study TEXT,                                        -- id shared by the cells of one `pqprune theory mc` call
 #     created_at TEXT,                                   -- ISO 8601, UTC
 #     settings TEXT,                                     -- JSON: the RandomNetSpec and the estimator's settings

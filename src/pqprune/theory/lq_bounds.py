@@ -63,7 +63,7 @@ def keep_largest_mask(w: Tensor, keep: Tensor, mask: Tensor | None = None) -> Te
 
 @dataclass
 class LqLayerBound:
-    """The ℓ_q bound rule applied to one layer (math.md §7). All tensors have one entry per output row."""
+    """The ℓ_q bound rule applied to one layer (docs/math.md §7). All tensors have one entry per output row."""
 
     name: str
     shape: tuple[int, ...]

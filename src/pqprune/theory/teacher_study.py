@@ -158,7 +158,7 @@ def teacher_study(
     n_test: int = 2048,
     methods: Sequence[str] = TEACHER_METHODS,
 ) -> TeacherStudy:
-    """Prune a teacher with controlled soft sparsity by each method; weights kept vs output error [Yang22], math.md §7.
+    """Prune a teacher with controlled soft sparsity by each method; weights kept vs output error [Yang22], docs/math.md §7.
 
     **Teacher** (:func:`pqprune.experiment.data.make_teacher`): ``x ↦ W_L relu(… relu(W_1 x))``, no biases, entries of each
     row i.i.d. Normal, Student-t(``df``) or Cauchy, rows scaled to ``‖w_i‖₁ = 1/c``. Heavier tails → a few large
@@ -176,7 +176,7 @@ def teacher_study(
       ``ε > 1/SI_q`` (heavy-tailed rows have a large ``SI_q``), and ``ε ≥ 1`` tolerates a per-neuron change as large
       as the trivial bound ``B‖w_i‖₁``.
     * ``lq_index`` — ``LqNeuron(rule="index", η=0)`` per neuron: retained fraction
-      ``m/d = SI_q^{−q/(1−q)}``, pruned fraction ``min(γ(1 − m/d), β)`` (math.md §7). At γ = 1 this is the bound
+      ``m/d = SI_q^{−q/(1−q)}``, pruned fraction ``min(γ(1 − m/d), β)`` (docs/math.md §7). At γ = 1 this is the bound
       rule at ε = 1 (same counts up to rounding): the index rule's "guarantee" is the trivial one.
     * ``sap`` — ``SAP(p=0.5, q=1, γ, β)`` at ``sap_scope``. (At neuron scope SAP(0.5, 1) *is* the index rule with
       q = 0.5, so the default compares it at layer scope.)

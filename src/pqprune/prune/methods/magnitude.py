@@ -17,7 +17,7 @@ from pqprune.prune.select import magnitude_scores
 
 @register
 class LotteryTicket(Method):
-    """Iterative magnitude pruning with rewinding, the lottery ticket [Frankle & Carbin 2019], math.md §6.
+    """Iterative magnitude pruning with rewinding, the lottery ticket [Frankle & Carbin 2019], docs/math.md §6.
 
     Each round prunes ``c = floor(P·d)`` of each unit's ``d`` survivors, the smallest magnitudes of this
     round's trained weights; after t rounds ≈ ``(1−P)^t`` of the weights remain. ``rewind_step`` is the
@@ -52,7 +52,7 @@ class LotteryTicket(Method):
 
 @register
 class OneShot(Method):
-    """One-shot magnitude pruning, in the two forms of math.md §6 [Diao23 code, Frankle & Carbin 2019].
+    """One-shot magnitude pruning, in the two forms of docs/math.md §6 [Diao23 code, Frankle & Carbin 2019].
 
     * ``OneShot(ratio=P)`` — the paper's cumulative form: the mask of round t is the magnitude mask of the
       *round-0 dense trained* weights (captured at the first ``step()``) at cumulative sparsity

@@ -16,7 +16,7 @@ from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, random_sc
 
 @register
 class RandomPruning(Method):
-    """Random pruning: ``c = floor(P·d)`` survivors per unit, uniformly at random (math.md §6, [Qian21]).
+    """Random pruning: ``c = floor(P·d)`` survivors per unit, uniformly at random (docs/math.md §6, [Qian21]).
 
     Reproducible: the draw depends only on ``(seed, round, tensor)``; a run draws with its own seed.
     """

@@ -18,7 +18,7 @@ from pqprune.prune.select import magnitude_scores
 
 @register
 class SAP(Method):
-    """Sparsity-informed Adaptive Pruning [Diao23, Algorithm 1], math.md §5.
+    """Sparsity-informed Adaptive Pruning [Diao23, Algorithm 1], docs/math.md §5.
 
     Per unit with ``d`` survivors and PQ Index ``I = I_{p,q}`` of the survivors:
 
