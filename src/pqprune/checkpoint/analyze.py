@@ -4,7 +4,6 @@ PQ Index, Gini and the fraction SAP would keep now, optionally per-neuron PQI su
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pqprune.files import finite_or_none
 from pqprune.measure.indices import check_pq, gini, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import RowStats, map_units, power_sums, reduce_scope
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
@@ -21,12 +21,6 @@ Report = dict[str, Any]
 
 FIELDS = ("name", "shape", "numel", "density", "pqi", "gini", "sap_keep_fraction")
 """Columns of a layer row, in order (``neuron_pqi`` follows at neuron scope)."""
-
-
-def _num(x: float | Tensor) -> float | None:
-    """A JSON-safe number: NaN (a degenerate unit) becomes None."""
-    v = float(x)
-    return None if math.isnan(v) else v
 
 
 def _neuron_summary(values: Tensor) -> dict[str, float | None]:
@@ -116,8 +110,8 @@ def analyze(
             "shape": list(w.shape),
             "numel": w.numel(),
             "density": survivors[n] / w.numel() if w.numel() else None,
-            "pqi": _num(layer_pqi[n]),
-            "gini": _num(layer_gini[n]),
+            "pqi": finite_or_none(layer_pqi[n]),
+            "gini": finite_or_none(layer_gini[n]),
             "sap_keep_fraction": keep_fraction(kept[n], survivors[n]),
         }
         if scope == "neuron":
@@ -129,8 +123,8 @@ def analyze(
         "global": {
             "numel": numel,
             "density": alive / numel if numel else None,
-            "pqi": _num(global_pqi),
-            "gini": _num(global_gini),
+            "pqi": finite_or_none(global_pqi),
+            "gini": finite_or_none(global_gini),
             "sap_keep_fraction": keep_fraction(sum(kept.values()), alive),
         },
         "layers": layers,

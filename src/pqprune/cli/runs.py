@@ -97,7 +97,7 @@ def sweep_command(
     """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
     import json
 
-    from pqprune.experiment.settings import RunSettings, load_config
+    from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
     from pqprune.experiment.sweep import expand_grid, run_sweep
     from pqprune.prune.methods.registry import option_names
 
@@ -107,10 +107,7 @@ def sweep_command(
         fixed = {k: base[k] for k in _DICT_SETTINGS if k in base}
         grid.update({k: [v] if isinstance(v, bool) else _split_list(v) for k, v in settings.items()})
         for item in set_ or []:
-            key, sep, values = item.partition("=")
-            if not sep:
-                fail(f"--set takes KEY=V1,V2,…, got {item!r}")
-            key = key.strip().replace("-", "_")
+            key, values = parse_assignment(item, "--set")
             known = [n for n in RunSettings.names() if n not in _DICT_SETTINGS] + option_names()
             if key not in known:
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")

@@ -42,7 +42,6 @@ Accuracies are fractions in [0, 1]. Accessors return plain dicts with JSON colum
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +49,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
+
+from pqprune.files import finite_or_none, json_safe
 
 SCHEMA_VERSION = 2
 # Statements that take a database of version v to v + 1; applied in order when an older database is opened.
@@ -140,24 +141,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _finite_or_none(x: Any) -> Any:
-    """SQLite has no NaN (it stores NULL); make that explicit so a NaN index reads back as None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _json(obj: Any) -> str:
     # allow_nan=False: NaN is not JSON; undefined statistics are written as null.
-    return json.dumps(_clean_json(obj), sort_keys=True, allow_nan=False)
-
-
-def _clean_json(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
-    return _finite_or_none(obj)
+    return json.dumps(json_safe(obj), sort_keys=True, allow_nan=False)
 
 
 class Store:
@@ -323,7 +309,7 @@ class Store:
         unknown = sorted(set(metrics) - set(ROUND_COLUMNS) - {"layers"})
         if unknown:
             raise ValueError(f"unknown round metrics {unknown}; known: {(*ROUND_COLUMNS, 'layers')}")
-        values = [_finite_or_none(metrics.get(c)) for c in ROUND_COLUMNS]
+        values = [finite_or_none(metrics.get(c)) for c in ROUND_COLUMNS]
         layers = _json(metrics.get("layers") or {})
         unit_rows = []
         for u in units:
@@ -336,7 +322,7 @@ class Store:
                     int(round_index),
                     str(u["unit"]),
                     int(u["d"]),
-                    _finite_or_none(float(u["pqi"])),
+                    finite_or_none(float(u["pqi"])),
                     int(u["r"]),
                     int(u["c"]),
                     int(bool(u["clipped"])),
@@ -500,7 +486,7 @@ def record_theory_cells(store: Store, cells: Sequence[Mapping[str, Any]]) -> Non
                 str(settings.get("study", "")),
                 _now(),
                 _json(settings),
-                *(_finite_or_none(cell[c]) for c in THEORY_COLUMNS),
+                *(finite_or_none(cell[c]) for c in THEORY_COLUMNS),
             )
         )
     cols = ", ".join(("study", "created_at", "settings", *THEORY_COLUMNS))
