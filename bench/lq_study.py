@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pqprune.plotting import new_figure, save_png
 from pqprune.report.runs import _label, _normalised
 from pqprune.store.database import Store
 
@@ -95,12 +96,8 @@ def main() -> None:
 
 
 def _figure(runs: dict[str, list[tuple[np.ndarray, np.ndarray]]], order: list[str], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, axes = new_figure(figsize=(6.5, 4.2))
+    ax = axes[0][0]
     for k in order:
         n = min(len(d) for d, _ in runs[k])
         dens = np.mean([d[:n] for d, _ in runs[k]], axis=0)
@@ -111,9 +108,7 @@ def _figure(runs: dict[str, list[tuple[np.ndarray, np.ndarray]]], order: list[st
     ax.set_xlabel("density (%)")
     ax.set_ylabel("test accuracy after retraining (%)")
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_png(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

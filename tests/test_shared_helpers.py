@@ -58,3 +58,21 @@ def test_min_density_within_one_point_of_dense() -> None:
     assert min_density_within(density, [None, 0.9, 0.9, 0.9, 0.9]) is None
     assert min_density_within([], []) is None
     assert min_density_within(density, [0.9, 0.895, 0.85, 0.8, 0.7], tolerance=0.05) == 0.64
+
+
+def test_plotting_leaves_the_callers_backend_and_pyplot_alone(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg')\n"
+        "from pqprune.plotting import new_figure, save_png\n"
+        "from pqprune.theory.mc_study import plot_grid\n"
+        "fig, axes = new_figure(1, 2); axes[0][1].plot([0, 1], [1, 0])\n"
+        f"out = save_png(fig, {str(tmp_path / 'a' / 'f.png')!r})\n"
+        "assert out.read_bytes()[:8] == b'\\x89PNG\\r\\n\\x1a\\n'\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -431,3 +431,19 @@ def test_bad_inputs_raise():
         T.RandomNetSpec(arch="cnn", depth=1)
     with pytest.raises(ValueError, match="q"):
         T.lq_layer_bound(torch.randn(2, 3), 1.0, 0.1, 1.0)
+
+
+def test_keep_largest_mask_is_the_engines_selection_ties_included() -> None:
+    from pqprune.prune.select import magnitude_scores, select_prune
+    from pqprune.theory.lq_bounds import keep_largest_mask
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randint(-3, 4, (6, 10), generator=g).float()  # few distinct magnitudes: many ties
+    alive = torch.rand(6, 10, generator=g) > 0.2
+    keep = torch.tensor([0, 1, 3, 5, 8, 10])
+    kept = keep_largest_mask(w, keep, alive)
+    survivors = alive.sum(1)
+    assert torch.equal(kept.sum(1), torch.minimum(keep, survivors)) and not bool((kept & ~alive).any())
+    c = (survivors - keep).clamp(min=0)
+    pruned = select_prune(magnitude_scores({"w": w}), {"w": c}, "neuron", {"w": alive})["w"]
+    assert torch.equal(kept, alive & ~pruned)

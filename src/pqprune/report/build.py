@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pqprune.files import atomic_write
-from pqprune.report.figures import FIGURES, _save_png, layer_method, method_style
+from pqprune.plotting import save_png
+from pqprune.report.figures import FIGURES, layer_method, method_style
 from pqprune.report.phases import PHASE_RULE
 from pqprune.report.runs import Group, ReportError, _where_text, load_groups
 from pqprune.report.summary import SUMMARY_COLUMNS, summary_cells, summary_markdown, summary_row
@@ -146,7 +147,7 @@ def generate(db_path: str | Path, out_dir: str | Path, where: Mapping[str, Any] 
         for g in groups:
             figures[g.slug] = []
             for stem, caption, build in FIGURES:
-                png = _save_png(build(g), out / f"{g.slug}_{stem}.png")
+                png = save_png(build(g), out / f"{g.slug}_{stem}.png")
                 if stem == "layers" and (m := layer_method(g)) is not None:
                     caption = caption.replace("one method", m.label)
                 figures[g.slug].append((png, caption))

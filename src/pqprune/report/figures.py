@@ -10,12 +10,11 @@ import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pqprune.files import atomic_write
+from pqprune.plotting import new_figure
 from pqprune.report.runs import _EXTRA_COLOURS, _EXTRA_MARKERS, METHOD_STYLES, Group, MethodRuns
 from pqprune.report.summary import _diff, mean_std
 
@@ -35,13 +34,8 @@ def method_style(label: str) -> tuple[str, str]:
 
 
 def _new_figure(ncols: int = 1) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4 * ncols if ncols > 1 else 6.4, 4.0), dpi=110)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-    return fig, list(axes)
+    fig, axes = new_figure(1, ncols, figsize=(6.4 * ncols, 4.0))
+    return fig, list(axes[0])
 
 
 def _band(
@@ -288,7 +282,3 @@ FIGURES: tuple[tuple[str, str, Callable[[Group], Any]], ...] = (
         fig_differences,
     ),
 )
-
-
-def _save_png(fig: Any, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))

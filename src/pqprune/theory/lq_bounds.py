@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pqprune.measure.indices import check_lq
 from pqprune.measure.sums import row_power_sums
 from pqprune.prune.methods.lq import lq_keep_counts
+from pqprune.prune.select import smallest_in_rows
 
 
 # ============================================================================ §7: ℓ_q neuron bound
@@ -48,17 +49,15 @@ def lq_neuron_bound(w: Tensor, keep: Tensor, q: float, input_bound: float, mask:
 
 def keep_largest_mask(w: Tensor, keep: Tensor, mask: Tensor | None = None) -> Tensor:
     """Bool mask (shape of ``w``) keeping, in each row of ``w.reshape(out,-1)``, the ``keep[i]`` largest-magnitude
-    survivors; ties are broken by the lower flat index (stable sort), so the count kept is exact."""
-    rows = w.detach().reshape(w.shape[0], -1).to(torch.float64).abs()
-    if mask is not None:
-        rows = torch.where(mask.reshape(w.shape[0], -1), rows, torch.full_like(rows, -1.0))
-    order = torch.sort(rows, dim=1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(rows.shape[1], device=rows.device).expand_as(order))
-    kept = ranks < keep.to(ranks.dtype).unsqueeze(1)
-    if mask is not None:
-        kept &= mask.reshape(w.shape[0], -1)
-    return kept.reshape(w.shape)
+    survivors: the engine's exact selection (:func:`pqprune.prune.select.smallest_in_rows`) prunes the others, so
+    the same keep count gives the same mask as a pruning step, ties included (the lower flat index is pruned
+    first)."""
+    rows = w.detach().reshape(w.shape[0], -1).abs()
+    alive = mask.reshape(rows.shape).bool() if mask is not None else torch.ones_like(rows, dtype=torch.bool)
+    survivors = alive.sum(dim=1)
+    prune = (survivors - keep.to(survivors.dtype).clamp(min=0)).clamp(min=0)
+    pruned = smallest_in_rows(rows, prune, alive, "w")
+    return (alive & ~pruned).reshape(w.shape)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pqprune.plotting import new_figure, save_png, series_colors
 from pqprune.theory.gap_bound import ARCHS, DISTS, METHODS, RandomNetSpec, guaranteed_probability, hp_gap_bound
 from pqprune.theory.moments import _check_delta
 from pqprune.theory.monte_carlo import monte_carlo_gap, wilson_interval
@@ -200,32 +201,21 @@ def monte_carlo_grid(
     return cells
 
 
-def _series_colors(n: int) -> list[Any]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
-
-
 def plot_grid(cells: Sequence[GridCell], path: str | Path) -> Path:
     """Width vs p̂ (Wilson 95% error bars, solid) and the bound's guaranteed probability (dashed, same colour).
 
-    One panel per (arch, depth, ε); one colour per (method, density). Writes a PNG (matplotlib Agg) and returns
+    One panel per (arch, depth, ε); one colour per (method, density). Writes a PNG and returns
     its path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if not cells:
         raise ValueError("no cells to plot")
     panels = sorted({(c.arch, c.depth, c.eps) for c in cells})
     series = sorted({(c.method, c.density) for c in cells}, key=lambda s: (s[0], -s[1]))
-    colors = dict(zip(series, _series_colors(len(series))))
+    colors = dict(zip(series, series_colors(len(series))))
     ncols = len({p[2] for p in panels})
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False, sharey=True)
+    fig, axes = new_figure(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), sharey=True)
     for ax, (arch, depth, e) in zip(axes.flat, panels):
         for s in series:
             pts = sorted(
@@ -261,8 +251,4 @@ def plot_grid(cells: Sequence[GridCell], path: str | Path) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle("Random networks: Monte-Carlo p̂ (95% Wilson) vs the proven bound's probability", fontsize=11)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(labels) / 4), 1, 0.95))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=120)

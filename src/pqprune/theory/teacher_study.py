@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from pqprune.experiment.data.builtin import TEACHER_DISTS, make_teacher
 from pqprune.measure.indices import check_lq
 from pqprune.measure.weights import Masks, Scope
+from pqprune.plotting import new_figure, save_png, series_colors
 from pqprune.prune.methods.base import Counts, Method, Plan, Weights
 from pqprune.prune.methods.lq import LqNeuron
 from pqprune.prune.methods.magnitude import OneShot
@@ -27,7 +28,7 @@ from pqprune.prune.methods.sap import SAP
 from pqprune.prune.pruner import Pruner
 from pqprune.prune.select import magnitude_scores
 from pqprune.theory.lq_bounds import lq_network_bound
-from pqprune.theory.mc_study import _check_choice, _check_eps_values, _check_positive_ints, _series_colors
+from pqprune.theory.mc_study import _check_choice, _check_eps_values, _check_positive_ints
 
 # ============================================================================ teacher study [Yang22]
 TEACHER_METHODS = ("lq_bound", "lq_index", "sap", "magnitude")
@@ -306,18 +307,14 @@ def plot_teacher(studies: Sequence[TeacherStudy], path: str | Path) -> Path:
     """Weights kept vs max and mean output error (log–log), one column per teacher distribution.
 
     Solid: each method; dotted, same colour: magnitude pruning at that method's per-layer counts; dashed: the
-    bound rule's guaranteed ℓ₂ bound (from the exact tails). Writes a PNG (matplotlib Agg).
+    bound rule's guaranteed ℓ₂ bound (from the exact tails). Writes a PNG.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
     if not studies:
         raise ValueError("no studies to plot")
-    colors = dict(zip(TEACHER_METHODS, _series_colors(len(TEACHER_METHODS))))
-    fig, axes = plt.subplots(2, len(studies), figsize=(4.3 * len(studies), 6.4), squeeze=False)
+    colors = dict(zip(TEACHER_METHODS, series_colors(len(TEACHER_METHODS))))
+    fig, axes = new_figure(2, len(studies), figsize=(4.3 * len(studies), 6.4))
     for col, st in enumerate(studies):
         for row, (attr, mag_attr, label) in enumerate(
             (("max_err", "mag_max_err", "max |F − F'|"), ("mean_err", "mag_mean_err", "mean |F − F'|"))
@@ -371,8 +368,4 @@ def plot_teacher(studies: Sequence[TeacherStudy], path: str | Path) -> Path:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=120)
