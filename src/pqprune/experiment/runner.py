@@ -26,7 +26,7 @@ from pqprune.experiment.prepare import Prepared, prepare
 from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
 from pqprune.experiment.train import resolve_device
-from pqprune.files import FileFormatError, load_state_dict, save_json, save_tensors
+from pqprune.files import FileFormatError
 from pqprune.store.database import DEFAULT_DB, Store
 
 
@@ -124,7 +124,7 @@ def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
 def _initial_weights(prep: Prepared, rd: RunDir, load: bool) -> dict[str, Tensor]:
     """The run's initial weights: read from ``initial.safetensors`` into the model (``load``), else the model's own."""
     if load:
-        initial = load_state_dict(rd.initial)
+        initial = rd.load_initial()
         prep.model.load_state_dict(initial)
         return initial
     return {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
@@ -181,13 +181,13 @@ def _run_locked(
         )
 
     start = time.perf_counter()
-    save_json(settings_doc, rd.path / "settings.json")
+    rd.save_settings(settings_doc)
     store.start_run(rd.run_id, run_hash, db_settings)
     status, message = "failed", None
     try:
         initial = _initial_weights(prep, rd, load_initial)
         if not load_initial:
-            save_tensors(initial, rd.initial, {"format": "pqprune.initial"})
+            rd.save_initial(initial)
         loop = _Loop(prep, rd, store, progress, ctx)
         first = 0
         if last_done is not None:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
+from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
 from pqprune.measure import kernels as cpu_kernels
-from pqprune.measure.weights import prunable_weights
+from pqprune.measure.weights import check_mask, prunable_weights
 
 MASK_FORMAT = "pqprune.masks"
 MASK_FORMAT_VERSION = 1
@@ -200,15 +200,7 @@ class MaskSet:
             if not isinstance(m, Tensor):
                 raise TypeError(f"{source}: mask for {n!r} is a {type(m).__name__}, not a tensor")
             ref = self._masks[n]
-            if m.shape != ref.shape:
-                raise ValueError(
-                    f"{source}: mask for {n!r} has shape {tuple(m.shape)}, the parameter has {tuple(ref.shape)}"
-                )
-            if m.dtype != torch.bool:
-                if not bool(((m == 0) | (m == 1)).all()):
-                    raise ValueError(f"{source}: mask for {n!r} has values other than 0 and 1")
-                m = m != 0
-            out[n] = m.to(ref.device)
+            out[n] = check_mask(n, m, ref.shape, source, allow_01=True).to(ref.device)
         return out
 
     def update(self, masks: Mapping[str, Tensor], allow_regrow: bool = False) -> None:
@@ -330,7 +322,7 @@ class MaskSet:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the masks as safetensors (bool tensors) with the format and its version in the metadata."""
-        return save_tensors(self._masks, path, {"format": MASK_FORMAT, "format_version": str(MASK_FORMAT_VERSION)})
+        return save_tensors(self._masks, path, format_stamp(MASK_FORMAT, MASK_FORMAT_VERSION))
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace all masks by those of a file written by :meth:`save`; every masked parameter must be in it."""
@@ -378,10 +370,10 @@ def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read masks written by :meth:`MaskSet.save`; a wrong, missing or corrupt file raises ``FileFormatError``."""
     read_format_metadata(path, MASK_FORMAT, MASK_FORMAT_VERSION, "mask file")
     masks = load_state_dict(path)
-    for n, m in masks.items():
-        if m.dtype != torch.bool:
-            raise FileFormatError(f"{path}: mask {n!r} is {m.dtype}, expected bool")
-    return masks
+    try:
+        return {n: check_mask(n, m, source=str(path)) for n, m in masks.items()}
+    except ValueError as err:
+        raise FileFormatError(str(err)) from err
 
 
 def to_torch_prune(state_dict: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
