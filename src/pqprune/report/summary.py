@@ -48,6 +48,15 @@ def min_density_within(
     return min(ok) if ok else None
 
 
+def phase_accuracy(m: MethodRuns) -> tuple[np.ndarray, float | None]:
+    """The seed-mean accuracy the phase rule reads (validation; test when no round has one) and the number of
+    examples behind each mean (examples per seed × seeds; None when the rounds do not record it)."""
+    split = "val" if np.isfinite(m.column("val_accuracy")).any() else "test"
+    acc, _, _ = mean_std(m.column(f"{split}_accuracy"))
+    sizes = [e[split] for e in m.examples if e.get(split)]
+    return acc, (float(np.median(sizes)) * len(m.rounds) if sizes else None)
+
+
 def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     """One method's line of the summary table, from its seed-mean trajectories.
 
@@ -60,7 +69,8 @@ def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     have = np.where(np.isfinite(acc) | np.isfinite(dens))[0]
     last = int(have[-1]) if len(have) else m.n_rounds - 1
     dense = acc[0] if len(acc) else math.nan
-    labels, peak = _phase_walk(list(pqi), list(acc), PQI_TOL, ACC_TOL)
+    phase_acc, n_examples = phase_accuracy(m)
+    labels, peak = _phase_walk(list(pqi), list(phase_acc), PQI_TOL, ACC_TOL, n_examples)
     return {
         "method": m.label,
         "seeds": len(m.rounds),
