@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from pqprune.experiment.phases import ACC_TOL, PHASE_RULE, PQI_TOL, UNKNOWN_PHASE, _phase_walk
 from pqprune.experiment.settings import method_label
 from pqprune.files import finite_or_none
-from pqprune.report.phases import ACC_TOL, PHASE_RULE, PQI_TOL, UNKNOWN_PHASE, _phase_walk
 from pqprune.report.runs import Group, MethodRuns
 
 
@@ -48,16 +48,16 @@ def min_density_within(
     return min(ok) if ok else None
 
 
-def phase_accuracy(m: MethodRuns) -> tuple[np.ndarray, float | None]:
-    """The seed-mean accuracy the phase rule reads (validation; test when no round has one) and the number of
-    examples behind each mean (examples per seed × seeds; None when the rounds do not record it)."""
+def phase_accuracy(m: MethodRuns) -> tuple[np.ndarray, np.ndarray | None]:
+    """The seed-mean accuracy the phase rule reads (validation; test when no round has one) and, per round, the
+    number of examples behind each mean (examples per seed × seeds with a value in that round; None when the runs
+    do not record their split sizes and the accuracies do not reveal them)."""
     split = "val" if np.isfinite(m.column("val_accuracy")).any() else "test"
-    acc, _, _ = mean_std(m.column(f"{split}_accuracy"))
+    values = m.column(f"{split}_accuracy")
+    acc, _, seeds = mean_std(values)
     sizes = [e[split] for e in m.examples if e.get(split)]
-    if sizes:
-        return acc, float(np.median(sizes)) * len(m.rounds)
-    n = examples_behind(m.column(f"{split}_accuracy"))
-    return acc, (n * len(m.rounds) if n else None)
+    per_seed = float(np.median(sizes)) if sizes else examples_behind(values)
+    return acc, (seeds * float(per_seed) if per_seed else None)
 
 
 def examples_behind(accuracies: np.ndarray, largest: int = 100_000) -> int | None:
@@ -90,7 +90,8 @@ def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     last = int(have[-1]) if len(have) else m.n_rounds - 1
     dense = acc[0] if len(acc) else math.nan
     phase_acc, n_examples = phase_accuracy(m)
-    labels, peak = _phase_walk(list(pqi), list(phase_acc), PQI_TOL, ACC_TOL, n_examples)
+    sizes = None if n_examples is None else [float(v) for v in n_examples]
+    labels, peak = _phase_walk(list(pqi), list(phase_acc), PQI_TOL, ACC_TOL, sizes)
     return {
         "method": m.label,
         "seeds": len(m.rounds),
