@@ -20,6 +20,7 @@ _REPORT_TERMINAL_HEADERS = (
     "min density within 1 pt %",
     "PQI peak",
     "phase at T",
+    "chosen round (density %, acc. %)",
 )
 
 

@@ -68,6 +68,7 @@ def run_command(
                     "path": str(result.path),
                     "settings": result.settings,
                     "rounds": result.rounds,
+                    "stop": None if result.stop is None else result.stop.as_dict(),
                 },
                 indent=2,
             )
@@ -76,6 +77,14 @@ def run_command(
     Console().print(_rounds_table(result.run_id, result.rounds))
     note = "reused (finished earlier)" if result.reused else result.status
     Console().print(f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False)
+    if result.stop is not None:
+        chosen = next((r for r in result.rounds if r["round"] == result.stop.chosen_round), {})
+        Console().print(
+            f"stopped at {result.stop.phase} in round {result.stop.stop_round}; its result is round "
+            f"{result.stop.chosen_round}: density {_fmt(chosen.get('density'))}, "
+            f"test acc {_fmt(chosen.get('test_accuracy'))}",
+            highlight=False,
+        )
 
 
 @app.command("sweep")
@@ -152,6 +161,9 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
             rounds = store.rounds(run["run_id"])
             s = run["settings"]
             last = rounds[-1] if rounds else {}
+            # A run stopped at a phase has a chosen round as its result; any other run its last round.
+            chosen = s.get("chosen_round")
+            result = next((r for r in rounds if r["round"] == chosen), last) if chosen is not None else last
             state = run["status"]
             if state == "running" and not RunDir(Path(runs_dir), run["run_id"]).is_live():
                 state = "stale"  # marked running, but no process holds it: killed; rerunning resumes it
@@ -168,6 +180,10 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
                     "rounds_total": s.get("rounds", 0) + 1,
                     "density": last.get("density"),
                     "test_accuracy": last.get("test_accuracy"),
+                    "stopped_at_phase": s.get("stopped_at_phase"),
+                    "chosen_round": chosen,
+                    "result_density": result.get("density"),
+                    "result_test_accuracy": result.get("test_accuracy"),
                     "seconds": run["seconds"],
                     "updated_at": run["updated_at"],
                     "message": run["message"],
@@ -191,8 +207,9 @@ def runs_command(
     data: str | None = typer.Option(None, "--data", help="Only runs on this data set."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the runs of the results database with their last round. Status "stale": marked running but no process
-    computes it (it was killed); rerunning its command resumes it."""
+    """List the runs of the results database with their result: the last round, or the round chosen by a run that
+    stopped at a phase (--stop-at-phase). Status "stale": marked running but no process computes it (it was
+    killed); rerunning its command resumes it."""
     import json
 
     from pqprune.report.runs import ReportError, canonical_where
@@ -209,7 +226,20 @@ def runs_command(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    headers = ("run", "status", "method", "scope", "data", "model", "seed", "rounds", "density", "test acc", "seconds")
+    headers = (
+        "run",
+        "status",
+        "method",
+        "scope",
+        "data",
+        "model",
+        "seed",
+        "rounds",
+        "result round",
+        "density",
+        "test acc",
+        "seconds",
+    )
     cells = [
         [
             r["run_id"],
@@ -220,14 +250,22 @@ def runs_command(
             str(r["model"]),
             str(r["seed"]),
             f"{r['rounds_done']}/{r['rounds_total']}",
-            _fmt(r["density"]),
-            _fmt(r["test_accuracy"]),
+            _result_round(r),
+            _fmt(r["result_density"]),
+            _fmt(r["result_test_accuracy"]),
             f"{r['seconds']:.0f}",
         ]
         for r in rows
     ]
     # A plain table: run ids must never be cut (they are what the other commands take).
     Console().print(_text_table(headers, cells) if cells else f"no runs in {db}", highlight=False, soft_wrap=True)
+
+
+def _result_round(row: dict) -> str:
+    """The round the density and accuracy columns show: the chosen one of a run stopped at a phase, else the last."""
+    if row["chosen_round"] is not None:
+        return f"{row['chosen_round']} ({row['stopped_at_phase']})"
+    return str(row["rounds_done"] - 1) if row["rounds_done"] else "–"
 
 
 DEMO_ROUNDS, DEMO_EPOCHS, DEMO_WORKERS = 30, 20, 2

@@ -3,7 +3,8 @@
     rewind (Pruner.rewind: surviving weights and all other state ← initial, pruned weights 0)
     train E epochs under the masks, keeping the epoch with the best validation accuracy (or test: select_on test)
     evaluate it (val, test) and measure it (global and per-layer PQI and Gini of the survivors)
-    if t < T: prune (Pruner.step → per-unit records), evaluate the pruned model before any retraining
+    if t < T and the run does not stop here (--stop-at-phase, docs/math.md §9):
+        prune (Pruner.step → per-unit records), evaluate the pruned model before any retraining
     checkpoint round t atomically (safetensors + JSON), THEN record it in the database
 
 Every round is seeded from ``(seed, t)`` alone, so a run resumed from the checkpoint of round k computes exactly
@@ -24,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.experiment import distributed
+from pqprune.experiment.data import DataSplits
+from pqprune.experiment.phases import PhaseStop, stop_point
 from pqprune.experiment.prepare import Prepared
 from pqprune.experiment.rundir import RunDir, _load_pruner_state, _write_round_json, _write_round_tensors
 from pqprune.experiment.settings import build_method
@@ -60,6 +63,7 @@ class RunResult:
     resumed_from: int | None = None
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    stop: PhaseStop | None = None  # where a run with --stop-at-phase stopped, and the round it chose
 
 
 def _seed_for(seed: int, t: int) -> int:
@@ -91,6 +95,26 @@ def _unit_dict(r: UnitRecord) -> dict[str, Any]:
     return {"unit": r.unit, "d": r.d, "pqi": r.index, "r": r.r, "c": r.c, "clipped": r.beta_clipped}
 
 
+class PhaseWatch:
+    """What ``--stop-at-phase`` reads after every round: the run's PQI and validation accuracy so far (test accuracy
+    when it has no validation split), judged by the phase rule (docs/math.md §9) over that split's examples."""
+
+    def __init__(self, target: str, data: DataSplits) -> None:
+        self.target = target
+        self.split = "val" if len(data.val) else "test"
+        self.n_examples = len(data.val) or len(data.test)
+        self.pqi: list[float | None] = []
+        self.accuracy: list[float | None] = []
+
+    def add(self, t: int, metrics: Mapping[str, Any]) -> PhaseStop | None:
+        """Take round ``t``'s metrics (rounds come in order from 0); the stop the rule calls by now, if any."""
+        if t != len(self.pqi):
+            raise ValueError(f"the phase watch expects round {len(self.pqi)}, got round {t}")
+        self.pqi.append(metrics.get("pqi"))
+        self.accuracy.append(metrics.get(f"{self.split}_accuracy"))
+        return stop_point(self.target, self.pqi, self.accuracy, self.n_examples)
+
+
 class _Loop:
     """One run's state between rounds; :meth:`round` does one round of docs/math.md §5.
 
@@ -114,6 +138,8 @@ class _Loop:
         self.ctx = ctx or distributed.Context(device=prep.device)
         self.dist = self.ctx.active  # collectives in training, evaluation and the mask check
         self.main = self.ctx.is_main  # writes files and the database
+        self.watch = PhaseWatch(self.s.stop_at_phase, prep.data) if self.s.stop_at_phase else None
+        self.stop: PhaseStop | None = None  # set by the round at which the run stops at its phase
 
     def _verify_masks(self, where: str) -> str | None:
         """Distributed: check that all ranks hold the same masks (stops the run otherwise); the digest in hex."""
@@ -128,6 +154,9 @@ class _Loop:
         doc = self.rd.read_round(t)
         self.pruner.load_state_dict(_load_pruner_state(self.rd, t, doc, initial))
         self.pending = dict(doc.get("next") or {})
+        if self.watch is not None:  # the phase rule reads the whole trajectory, so replay the rounds done
+            for k in range(t + 1):
+                self.watch.add(k, doc["metrics"] if k == t else self.rd.read_round(k)["metrics"])
 
     def _train(self, t: int, seed: int) -> tuple[dict[str, Any], float, float]:
         """Rewind, train E epochs under the masks, load the best epoch's weights (by the selection split).
@@ -231,6 +260,9 @@ class _Loop:
             "layers": meas["layers"],
             "best_epoch": best["epoch"],
         }
+        if self.watch is not None:
+            self.stop = self.watch.add(t, metrics)
+            last = last or self.stop is not None  # the run ends here: no pruning step after this round
 
         # --- prune, then evaluate the pruned model before any retraining (it belongs to the next round's row)
         units: list[dict[str, Any]] = []
@@ -276,6 +308,8 @@ class _Loop:
             "next": nxt,
             "pruner": skeleton,
         }
+        if self.stop is not None:
+            doc["stop"] = self.stop.as_dict()  # marks the run finished at this round (runner._stopped)
         if self.dist:  # how this round was computed: not part of the run's identity (docs/distributed.md)
             # Digests every rank agreed on: of m_t (trained under) and of m_{t+1} (the checkpoint's masks).
             doc["launch"] = {**self.ctx.describe(), "mask_digest": digest, "next_mask_digest": next_digest}
@@ -289,6 +323,7 @@ class _Loop:
                 "round": t,
                 "rounds": s.rounds + 1,
                 "metrics": {k: v for k, v in metrics.items() if k != "layers"},
+                "stop": None if self.stop is None else self.stop.as_dict(),
             }
         )
         return metrics

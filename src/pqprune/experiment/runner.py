@@ -22,6 +22,7 @@ from torch import Tensor
 from pqprune.experiment import distributed
 from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
 from pqprune.experiment.method_context import run_method
+from pqprune.experiment.phases import PhaseStop
 from pqprune.experiment.prepare import Prepared, prepare
 from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
@@ -37,6 +38,17 @@ def _sync_store(store: Store, rd: RunDir, upto: int) -> None:
         if t not in have:
             doc = rd.read_round(t)
             store.record_round(rd.run_id, t, doc["metrics"], doc.get("units", []))
+
+
+def _stopped(rd: RunDir, last_done: int | None) -> PhaseStop | None:
+    """The stop recorded in the last complete round of a run with ``--stop-at-phase`` (None: not stopped). A stopped
+    run is finished at that round: it is reused, never resumed."""
+    if last_done is None:
+        return None
+    stop = rd.read_round(last_done).get("stop")
+    if not stop:
+        return None
+    return PhaseStop(str(stop["stopped_at_phase"]), int(stop["stop_round"]), int(stop["chosen_round"]))
 
 
 def run_experiment(
@@ -76,12 +88,15 @@ def run_experiment(
                 store = stack.enter_context(_open_store(db))
                 stack.enter_context(rd.lock())
                 last_done = _resume_point(rd, res, run_hash)
+                stopped = _stopped(rd, last_done)
                 load_initial = rd.initial.exists() and last_done is not None
             except BaseException as err:
                 distributed.announce_start(ctx, error=f"{type(err).__name__}: {err}")
                 raise
-            distributed.announce_start(ctx, {"last_done": last_done, "load_initial": load_initial})
-            return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx)
+            distributed.announce_start(
+                ctx, {"last_done": last_done, "load_initial": load_initial, "stopped": stopped is not None}
+            )
+            return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx, stopped)
 
 
 @contextlib.contextmanager
@@ -139,6 +154,7 @@ def _run_locked(
     last_done: int | None,
     load_initial: bool,
     ctx: distributed.Context,
+    stopped: PhaseStop | None = None,
 ) -> RunResult:
     res = prep.settings
     settings_doc: dict[str, Any] = {
@@ -154,17 +170,19 @@ def _run_locked(
     if ctx.active:
         db_settings["launch"] = settings_doc["launch"] = ctx.describe()
 
-    if last_done == res.rounds:  # finished: reuse
+    if last_done is not None and (last_done == res.rounds or stopped is not None):  # finished: reuse
         run = store.get_run(rd.run_id)
+        if stopped is not None:
+            db_settings.update(stopped.as_dict())
         # Also refreshed: runs of 0.1.0, whose stored settings lack the split sizes.
         if (
             run is None
             or run["status"] != "finished"
-            or run["rounds_done"] != res.rounds + 1
-            or ("examples" not in run["settings"])
+            or run["rounds_done"] != last_done + 1
+            or any(run["settings"].get(k) != v for k, v in db_settings.items() if k in ("examples", "chosen_round"))
         ):
             store.start_run(rd.run_id, run_hash, db_settings)
-            _sync_store(store, rd, res.rounds)
+            _sync_store(store, rd, last_done)
             store.set_status(rd.run_id, "finished")
         progress(
             {
@@ -186,6 +204,7 @@ def _run_locked(
             reused=True,
             seconds=run["seconds"] if run else 0.0,
             settings=res.to_dict(),
+            stop=stopped,
         )
 
     start = time.perf_counter()
@@ -215,6 +234,9 @@ def _run_locked(
         )
         for t in range(first, res.rounds + 1):
             loop.round(t)
+            if loop.stop is not None:  # the run's result is recorded beside its settings
+                store.start_run(rd.run_id, run_hash, {**db_settings, **loop.stop.as_dict()})
+                break
         status = "finished"
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
@@ -236,6 +258,7 @@ def _run_locked(
         resumed_from=last_done,
         seconds=run["seconds"] if run else seconds,
         settings=res.to_dict(),
+        stop=loop.stop,
     )
 
 
@@ -248,7 +271,7 @@ def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunRe
     res = prep.settings
     start = distributed.receive_start(ctx)  # PeerFailed if rank 0 could not start
     last_done = start["last_done"]
-    if last_done == res.rounds:
+    if last_done == res.rounds or start.get("stopped"):
         return RunResult(rd.run_id, "finished", rd.path, [], reused=True, settings=res.to_dict())
     t0 = time.perf_counter()
     initial = _initial_weights(prep, rd, bool(start["load_initial"]))
@@ -257,7 +280,11 @@ def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunRe
     if last_done is not None:
         loop.restore(last_done, initial)
         first = last_done + 1
-    rounds = [{"round": t, **loop.round(t)} for t in range(first, res.rounds + 1)]
+    rounds = []
+    for t in range(first, res.rounds + 1):
+        rounds.append({"round": t, **loop.round(t)})
+        if loop.stop is not None:  # every rank reads the same metrics, so all stop at the same round
+            break
     return RunResult(
         rd.run_id,
         "finished",
@@ -266,4 +293,5 @@ def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunRe
         resumed_from=last_done,
         seconds=time.perf_counter() - t0,
         settings=res.to_dict(),
+        stop=loop.stop,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from pqprune.experiment import data as data_mod
 from pqprune.experiment import models as models_mod
+from pqprune.experiment.phases import STOP_PHASES
 from pqprune.experiment.train import TrainConfig, resolve_device
 from pqprune.measure.weights import check_scope
 from pqprune.prune.methods import Method, RunContext
@@ -96,6 +97,7 @@ class RunSettings:
     data_root: str = ""
     download: bool = False
     keep_checkpoints: str = "last"
+    stop_at_phase: str = ""
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -230,6 +232,11 @@ class RunSettings:
             (res.select_on in SELECT_ON, f"select_on must be one of {SELECT_ON}, got {res.select_on!r}"),
             (res.keep_checkpoints in KEEP, f"keep_checkpoints must be one of {KEEP}, got {res.keep_checkpoints!r}"),
             (
+                res.stop_at_phase in ("", *STOP_PHASES),
+                f"stop_at_phase must be one of {', '.join(STOP_PHASES)} (or empty: run all rounds), "
+                f"got {res.stop_at_phase!r}",
+            ),
+            (
                 res.augment in ("auto", "none", "crop_flip"),
                 f"augment must be auto, none or crop_flip, got {res.augment!r}",
             ),
@@ -291,6 +298,8 @@ HELP: dict[str, str] = {
     "data_root": "Folder of torchvision-format data sets (default $PQPRUNE_DATA_ROOT or ./data).",
     "download": "Download a missing torchvision data set (needs a network).",
     "keep_checkpoints": "last: keep only the last round's tensors (every round's JSON stays); all: keep every round's.",
+    "stop_at_phase": "Stop the run once its validation accuracy and PQI enter this phase (docs/math.md §9): "
+    "compression or collapse; its result is the first compression round, or the last round before collapse.",
 }
 
 

@@ -18,7 +18,7 @@ from pqprune.plotting import save_png
 from pqprune.report.figures import FIGURES, layer_method, method_style
 from pqprune.report.phases import PHASE_RULE
 from pqprune.report.runs import Group, ReportError, _where_text, load_groups
-from pqprune.report.summary import SUMMARY_COLUMNS, summary_cells, summary_markdown, summary_row
+from pqprune.report.summary import CHOSEN_NOTE, SUMMARY_COLUMNS, summary_cells, summary_markdown, summary_row
 
 # --------------------------------------------------------------------------------------------- HTML
 _CSS = """
@@ -88,7 +88,7 @@ def render_html(
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
         parts.append("</div></section>")
-    parts.append(f"<h2>How the phase is decided</h2><p>{html.escape(PHASE_RULE)}</p>")
+    parts.append(f"<h2>How the phase is decided</h2><p>{html.escape(PHASE_RULE)}</p><p>{html.escape(CHOSEN_NOTE)}</p>")
     parts.append("</main></body></html>")
     return "\n".join(parts)
 

@@ -45,6 +45,7 @@ class MethodRuns:
     seeds: list[Any] = field(default_factory=list)
     rounds: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed, by round
     examples: list[dict[str, int]] = field(default_factory=list)  # per seed: examples per data split, if recorded
+    chosen: list[int | None] = field(default_factory=list)  # per seed: round chosen by --stop-at-phase, if it stopped
 
     @property
     def n_rounds(self) -> int:
@@ -182,6 +183,7 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
         mr.seeds.append(s.get("seed"))
         mr.rounds.append(rounds)
         mr.examples.append(dict(run["settings"].get("examples") or {}))
+        mr.chosen.append(run["settings"].get("chosen_round"))
     out = []
     for (data, model, scope), configs in sorted(groups.items()):
         methods = list(configs.values())
