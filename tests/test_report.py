@@ -19,7 +19,7 @@ from pqprune.experiment.settings import RunSettings
 from pqprune.report.build import generate, parse_where, write_report
 from pqprune.report.figures import FIGURES, METHOD_STYLES, method_style
 from pqprune.report.runs import ReportError, load_groups
-from pqprune.report.summary import summary_row
+from pqprune.report.summary import summary_cells, summary_row
 from pqprune.store.database import Store
 
 runner = CliRunner()
@@ -129,7 +129,7 @@ def test_summary_markdown(report) -> None:
     assert "## data=digits, model=mlp, scope=global" in md
     sap_line = next(line for line in md.splitlines() if line.startswith("| SAP(0.5,1)"))
     cells = [c.strip() for c in sap_line.strip("|").split("|")]
-    assert cells == ["SAP(0.5,1)", "2", "4", "35", "79.00 ± 1.41", "90.00", "60", "3", "collapse"]
+    assert cells == ["SAP(0.5,1)", "2", "4", "35", "79.00 ± 1.41", "90.00", "60", "3", "collapse", "–"]
 
 
 def test_where_filters_and_write_report(db: Path, tmp_path: Path) -> None:
@@ -253,3 +253,23 @@ def test_examples_behind_accuracies_recovers_the_evaluation_set_size() -> None:
     assert examples_behind(np.array([0.5, 0.25, 0.75, np.nan])) == 4  # all counts share a factor: a divisor
     assert examples_behind(np.array([0.9, 0.9, np.nan])) is None  # too little to go by
     assert examples_behind(np.array([1 / 3, 1 / 7, 1 / 11]), largest=50) is None  # 231 is past the limit
+
+
+def test_the_chosen_round_of_runs_stopped_at_a_phase(tmp_path: Path) -> None:
+    """Two seeds that stopped at collapse choose rounds 2 and 3; a third never stopped and counts with its last."""
+    db = tmp_path / "stops.db"
+    acc = [0.90, 0.91, 0.89, 0.88, 0.60]
+    with Store(db) as store:
+        for seed, chosen, n_rounds in ((0, 2, 4), (1, 3, 5), (2, None, 5)):
+            s = RunSettings(data="digits", method="random", rounds=4, epochs=1, seed=seed, stop_at_phase="collapse")
+            stop = {} if chosen is None else {"stopped_at_phase": "collapse", "chosen_round": chosen}
+            store.start_run(s.run_id(), s.run_hash(), {**s.resolved().to_dict(), **stop})
+            for t in range(n_rounds):
+                store.record_round(s.run_id(), t, {"density": 0.8**t, "test_accuracy": acc[t] + 0.01 * seed})
+            store.set_status(s.run_id(), "finished")
+    ((m,),) = [g.methods for g in load_groups(db)]
+    row = summary_row(m)
+    assert row["chosen_rounds"] == [2, 3, 4]
+    assert row["chosen_density"] == pytest.approx((0.8**2 + 0.8**3 + 0.8**4) / 3)
+    assert row["chosen_accuracy"] == pytest.approx((0.89 + 0.89 + 0.62) / 3)
+    assert summary_cells(row)[-1] == "2/3/4 (52.05, 80.00)"
