@@ -113,9 +113,11 @@ def test_demo_prints_the_summary(tmp_path: Path, out_args: list[str]) -> None:
     assert [row["method"] for row in doc["summary"]] == ["SAP(0.5,1)", "SAP(1,2)", "LT", "OS", "Random"]
     for row in doc["summary"]:
         assert 0 < row["final_density"] < 1 and 0 <= row["final_test_accuracy"] <= 1
+        assert row["phase_at_T"] in ("regularisation", "compression", "collapse")
     assert set(doc["phases"]) == {"train", "evaluate", "measure", "prune", "checkpoint"}
     r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *out_args])
     assert r.exit_code == 0 and "within 1" in r.stdout and "SAP(1,2)" in r.stdout and "time per phase" in r.stdout
+    assert "phase at T" in r.stdout
 
 
 def test_ctrl_c_exits_130_with_a_resume_hint(

@@ -120,9 +120,9 @@ def test_expand_grid_and_summary() -> None:
     assert len(runs) == 4  # scope auto is global for both: duplicates removed
     assert {(r.method, r.seed) for r in runs} == {("sap", 0), ("sap", 1), ("lt", 0), ("lt", 1)}
     rounds = [
-        {"density": 1.0, "test_accuracy": 0.90},
-        {"density": 0.5, "test_accuracy": 0.895},
-        {"density": 0.2, "test_accuracy": 0.8},
+        {"density": 1.0, "test_accuracy": 0.90, "pqi": 0.15},
+        {"density": 0.5, "test_accuracy": 0.895, "pqi": 0.12},
+        {"density": 0.2, "test_accuracy": 0.8, "pqi": 0.10},
     ]
     row = summarize([(RunSettings(method="sap", method_options={"p": 1.0, "q": 2.0}).to_dict(), rounds)])[0]
     assert row == {
@@ -132,7 +132,12 @@ def test_expand_grid_and_summary() -> None:
         "final_density": 0.2,
         "final_test_accuracy": 0.8,
         "min_density_within_1pt": 0.5,
+        "pqi_peak_round": None,  # the PQI only falls
+        # 10 points below dense, but on 200 test examples (read off the accuracies) within 3 standard errors
+        "phase_at_T": "regularisation",
     }
+    rounds[2]["test_accuracy"] = 0.78  # 12 points: beyond them
+    assert summarize([(RunSettings().to_dict(), rounds)])[0]["phase_at_T"] == "collapse"
 
 
 # --------------------------------------------------------------------------------------------- the loop

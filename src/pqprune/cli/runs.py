@@ -298,7 +298,13 @@ def demo_command(
         with _RunDisplay(enabled=not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
         with Store(db) as store:
-            rows = summarize([(s.resolved().to_dict(), store.rounds(s.run_id())) for s in runs])
+            stored = {s.run_id(): store.get_run(s.run_id()) for s in runs}  # with the split sizes the phase reads
+            rows = summarize(
+                [
+                    (run["settings"] if run else s.resolved().to_dict(), store.rounds(s.run_id()))
+                    for s, run in zip(runs, stored.values())
+                ]
+            )
             phases = _phase_totals(store, [s.run_id() for s in runs])
     except _input_errors() as err:
         fail(str(err))
@@ -321,7 +327,15 @@ def demo_command(
             )
         )
         return
-    headers = ("method", "final density", "final test acc", "dense test acc", "smallest density within 1 pt of dense")
+    headers = (
+        "method",
+        "final density",
+        "final test acc",
+        "dense test acc",
+        "smallest density within 1 pt of dense",
+        "PQI peak round",
+        "phase at T",
+    )
     cells = [
         [
             r["method"],
@@ -329,6 +343,8 @@ def demo_command(
             _fmt(r["final_test_accuracy"]),
             _fmt(r["dense_test_accuracy"]),
             _fmt(r["min_density_within_1pt"]),
+            "–" if r["pqi_peak_round"] is None else str(r["pqi_peak_round"]),
+            r["phase_at_T"],
         ]
         for r in rows
     ]

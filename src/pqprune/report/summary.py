@@ -210,7 +210,9 @@ def summarize(
     runs: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]], tolerance: float = ACC_TOL
 ) -> list[dict[str, Any]]:
     """One summary row per run from ``(settings, rounds)``: final density and test accuracy, dense (round 0) test
-    accuracy, and the smallest density whose test accuracy is within ``tolerance`` (1 point) of dense."""
+    accuracy, the smallest density whose test accuracy is within ``tolerance`` (1 point) of dense, and the phase
+    at the last round with the PQI peak round, as :func:`summary_row` decides them for one seed (the split sizes
+    come from the stored settings' ``examples`` when given)."""
     rows = []
     for settings, rounds in runs:
         if not rounds:
@@ -218,6 +220,14 @@ def summarize(
         dense = rounds[0]["test_accuracy"]
         within = min_density_within([r["density"] for r in rounds], [r["test_accuracy"] for r in rounds], tolerance)
         final = rounds[-1]
+        one = MethodRuns(
+            method_label(settings),
+            dict(settings),
+            rounds=[[{"round": t, **r} for t, r in enumerate(rounds)]],
+            examples=[dict(settings.get("examples") or {})],
+            chosen=[settings.get("chosen_round")],
+        )
+        phase = summary_row(one, tolerance)
         rows.append(
             {
                 "method": method_label(settings),
@@ -226,6 +236,8 @@ def summarize(
                 "final_density": final["density"],
                 "final_test_accuracy": final["test_accuracy"],
                 "min_density_within_1pt": within,
+                "pqi_peak_round": phase["pqi_peak_round"],
+                "phase_at_T": phase["final_phase"],
             }
         )
     return rows
