@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from pqprune.measure.indices import check_pq, gini, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import RowStats, map_units, power_sums, reduce_scope
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
-from pqprune.prune.select import magnitude_scores, select_prune
+from pqprune.prune.select import magnitude_scores, select_keep
 
 Report = dict[str, Any]
 
@@ -46,8 +46,8 @@ def _global_keep(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | Non
     """
     if prune == 0:
         return {n: _survivors(w, masks.get(n)) for n, w in weights.items()}
-    chosen = select_prune(magnitude_scores(weights), {GLOBAL: prune}, "global", alive=masks)
-    return {n: _survivors(w, masks.get(n)) - int(chosen[n].sum()) for n, w in weights.items()}
+    keep = select_keep(magnitude_scores(weights), {GLOBAL: prune}, "global", alive=masks)
+    return {n: int(torch.count_nonzero(keep[n])) for n in weights}
 
 
 def _survivors(w: Tensor, m: Tensor | None) -> int:
