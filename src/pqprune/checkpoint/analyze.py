@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.measure.indices import check_pq, gini, pq_from_sums, sap_prune_count
+from pqprune.measure.gini_index import gini_layers_and_global
+from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import RowStats, map_units, power_sums, reduce_scope
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
 from pqprune.prune.select import magnitude_scores, select_keep
@@ -89,9 +90,7 @@ def analyze(
 
     layer_pqi = {n: float(v[0]) for n, v in map_units(layer_units, pqi).items()}
     global_pqi = float(pqi(global_unit)[0])
-    layer_gini = gini(weights, "layer", matched)
-    global_gini = gini(weights, "global", matched)
-    assert isinstance(layer_gini, dict)
+    layer_gini, global_gini = gini_layers_and_global(weights, {n: m for n, m in matched.items() if m is not None})
 
     survivors = {n: _survivors(w, matched[n]) for n, w in weights.items()}
     neuron_pqi: dict[str, Tensor] = {}

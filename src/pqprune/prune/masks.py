@@ -18,12 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
-from pqprune.measure import kernels as cpu_kernels
 from pqprune.measure.weights import prunable_weights
 
 MASK_FORMAT = "pqprune.masks"
@@ -137,8 +135,6 @@ class _Hot(NamedTuple):
     views: list[Tensor]
     mults: list[Tensor]
     slots: list[tuple[nn.Module, str]]  # (owning module, attribute): a replaced Parameter invalidates the cache
-    keep: list[Tensor]  # the bool masks, kept alive while ``table`` holds their addresses
-    table: np.ndarray | None  # for cpu_kernels.multiply_by_masks, where it applies
 
 
 def _multiply(targets: Sequence[Tensor], mults: Sequence[Tensor]) -> None:
@@ -284,12 +280,9 @@ class MaskSet:
         Measured: multiplying by a bool (or uint8) mask is ~3-7x slower than by a float one. So small tensors get
         a cached float copy; large ones keep only a uint8 view of the bool mask (no memory), which on CPU is
         converted to float a chunk at a time by :func:`_multiply` (on accelerators the mixed-type product is as
-        fast); and
-        float32 CPU models of up to 2M masked weights use the Numba kernel of :mod:`pqprune.measure.kernels`,
-        which reads the bool masks themselves (a quarter of the bytes of float masks). The detached views let
-        :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs a step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
-        (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``): the kernel's
-        table holds addresses.
+        fast). The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs
+        a step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
+        (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``).
         """
         cache = self._cache
         if cache is not None and all(
@@ -306,8 +299,7 @@ class MaskSet:
             mults.append(m.to(p.dtype) if m.numel() < _FLOAT_MASK_MAX else m.view(torch.uint8))
         slots = [(self.model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names]
         views = [p.detach() for p in ps]
-        keep = [self._masks[n] for n in names]
-        self._cache = _Hot(ps, views, mults, slots, keep, cpu_kernels.mask_table(views, keep))
+        self._cache = _Hot(ps, views, mults, slots)
         return self._cache
 
     def enforce(self) -> None:
@@ -315,10 +307,7 @@ class MaskSet:
         hot = self._hot()
         if not hot.views:
             return
-        if hot.table is not None:
-            cpu_kernels.multiply_by_masks(hot.table)  # one byte of mask per weight instead of four
-        else:
-            _multiply(hot.views, hot.mults)
+        _multiply(hot.views, hot.mults)
 
     @torch.no_grad()
     def mask_grads(self) -> None:
