@@ -1,4 +1,4 @@
-"""CPU inference latency of pruned MLPs: dense, masked, shrunk and torch.sparse CSR (issue 7). Not in the test suite.
+"""CPU inference latency of pruned MLPs: dense, masked, shrunk and torch.sparse CSR. Not in the test suite.
 
     .venv/bin/python bench/bench_export.py [--threads 1]
 

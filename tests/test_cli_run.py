@@ -11,21 +11,19 @@ from typer.testing import CliRunner
 from pqprune.cli.app import app
 from pqprune.experiment.settings import RunSettings
 
+pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
+
 runner = CliRunner()
 TINY = ["--data", "digits", "--rounds", "1", "--epochs", "1"]
 
 
-def _paths(tmp_path: Path) -> list[str]:
-    return ["--db", str(tmp_path / "out" / "db.sqlite"), "--runs-dir", str(tmp_path / "out" / "runs")]
-
-
-def test_run_json_then_reuse_then_runs(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), "--json"])
+def test_run_json_then_reuse_then_runs(tmp_path: Path, out_args: list[str]) -> None:
+    r = runner.invoke(app, ["run", *TINY, *out_args, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["status"] == "finished" and not doc["reused"] and len(doc["rounds"]) == 2
     assert doc["run_id"] == RunSettings(data="digits", rounds=1, epochs=1).run_id()
-    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), "--quiet"])
+    r = runner.invoke(app, ["run", *TINY, *out_args, "--quiet"])
     assert r.exit_code == 0 and "reused" in r.stdout
     r = runner.invoke(app, ["runs", "--db", str(tmp_path / "out" / "db.sqlite"), "--json"])
     assert r.exit_code == 0, r.output
@@ -45,16 +43,18 @@ def test_run_json_then_reuse_then_runs(tmp_path: Path) -> None:
         (".toml", 'data = "digits"\nrounds = 1\nepochs = 1\nmethod = "lt"\n'),
     ],
 )
-def test_run_from_config_with_overrides(tmp_path: Path, suffix: str, text: str) -> None:
+def test_run_from_config_with_overrides(tmp_path: Path, suffix: str, text: str, out_args: list[str]) -> None:
     config = tmp_path / f"c{suffix}"
     config.write_text(text)
-    r = runner.invoke(app, ["run", "--config", str(config), "--seed", "1", *_paths(tmp_path), "--json"])
+    r = runner.invoke(app, ["run", "--config", str(config), "--seed", "1", *out_args, "--json"])
     assert r.exit_code == 0, r.output
     settings = json.loads(r.stdout)["settings"]
     assert (settings["data"], settings["method"], settings["seed"], settings["rounds"]) == ("digits", "lt", 1, 1)
 
 
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out_args: list[str]
+) -> None:
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("data: digits\nepoch: 1\n")
     a_file = tmp_path / "file"
@@ -68,7 +68,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, monk
         (["--model-option", "width=3"], "unknown option(s) width"),
     ]
     for args, message in cases:
-        r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path), *args])
+        r = runner.invoke(app, ["run", *TINY, *out_args, *args])
         assert r.exit_code == 2, (args, r.output)
         assert message in r.stderr and r.stderr.count("error:") == 1, r.stderr
     r = runner.invoke(
@@ -78,21 +78,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, monk
     from torch import nn
 
     monkeypatch.setattr("pqprune.experiment.models.build_model", lambda *a, **k: nn.Linear(3, 10))
-    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path)])
+    r = runner.invoke(app, ["run", *TINY, *out_args])
     assert r.exit_code == 2 and "cannot take data set 'digits'" in r.stderr
     assert not (tmp_path / "out").exists()
     r = runner.invoke(app, ["runs", "--db", str(tmp_path / "none.db")])
     assert r.exit_code == 2 and "no results database" in r.stderr
-    r = runner.invoke(app, ["sweep", *TINY, "--set", "nope=1,2", *_paths(tmp_path)])
+    r = runner.invoke(app, ["sweep", *TINY, "--set", "nope=1,2", *out_args])
     assert r.exit_code == 2 and "unknown setting 'nope'" in r.stderr
-    r = runner.invoke(app, ["sweep", "--data", "digits", "--model", "mlp,nope", *_paths(tmp_path)])
+    r = runner.invoke(app, ["sweep", "--data", "digits", "--model", "mlp,nope", *out_args])
     assert r.exit_code == 2 and "unknown model 'nope'" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.timeout(300)
-def test_sweep_with_two_workers_then_skips_finished(tmp_path: Path) -> None:
-    args = ["sweep", *TINY, "--method", "sap,lt", "--set", "seed=0,1", "--workers", "2", *_paths(tmp_path), "--json"]
+def test_sweep_with_two_workers_then_skips_finished(tmp_path: Path, out_args: list[str]) -> None:
+    args = ["sweep", *TINY, "--method", "sap,lt", "--set", "seed=0,1", "--workers", "2", *out_args, "--json"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     items = json.loads(r.stdout)
@@ -103,10 +103,10 @@ def test_sweep_with_two_workers_then_skips_finished(tmp_path: Path) -> None:
     assert sorted(row["seed"] for row in json.loads(r.stdout)) == [0, 1]
 
 
-def test_demo_prints_the_summary(tmp_path: Path) -> None:
+def test_demo_prints_the_summary(tmp_path: Path, out_args: list[str]) -> None:
     r = runner.invoke(
         app,
-        ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path), "--json"],
+        ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *out_args, "--json"],
     )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -114,16 +114,16 @@ def test_demo_prints_the_summary(tmp_path: Path) -> None:
     for row in doc["summary"]:
         assert 0 < row["final_density"] < 1 and 0 <= row["final_test_accuracy"] <= 1
     assert set(doc["phases"]) == {"train", "evaluate", "measure", "prune", "checkpoint"}
-    r = runner.invoke(
-        app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *_paths(tmp_path)]
-    )
+    r = runner.invoke(app, ["demo", "--data", "digits", "--rounds", "1", "--epochs", "1", "--workers", "1", *out_args])
     assert r.exit_code == 0 and "within 1" in r.stdout and "SAP(1,2)" in r.stdout and "time per phase" in r.stdout
 
 
-def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_exits_130_with_a_resume_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out_args: list[str]
+) -> None:
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("pqprune.experiment.run_experiment", interrupted)
-    r = runner.invoke(app, ["run", *TINY, *_paths(tmp_path)])
+    r = runner.invoke(app, ["run", *TINY, *out_args])
     assert r.exit_code == 130 and "rerun the same command to resume" in r.stderr

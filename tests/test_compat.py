@@ -14,6 +14,8 @@ from pqprune.experiment import RunSettings, run_experiment
 from pqprune.report import generate
 from pqprune.store import Store
 
+pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
+
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_runs"
 LABELS = {
     "sap-8411869080": "SAP(0.5,1)",

@@ -1,4 +1,4 @@
-"""Multi-process runs (issue 8): torchrun + DDP on 2 CPU processes (gloo) against a single-process run.
+"""Multi-process runs: torchrun + DDP on 2 CPU processes (gloo) against a single-process run.
 
 What holds, measured on the tiny configuration below (digits + MLP, 3 rounds × 1 epoch, global batch 250):
 the masks of every round are bit-identical to the single-process run's, and so are density, best epoch and
@@ -27,6 +27,8 @@ from pqprune.experiment.settings import RunSettings
 from pqprune.experiment.train import TrainConfig, _Score, evaluate, train_epochs
 from pqprune.files import load_state_dict
 from pqprune.store.database import Store
+
+pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
 
 TINY = RunSettings(data="digits", model="mlp", rounds=3, epochs=1, keep_checkpoints="all")
 CLI = ["--data", "digits", "--model", "mlp", "--rounds", "3", "--epochs", "1", "--keep-checkpoints", "all"]

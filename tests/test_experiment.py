@@ -93,7 +93,6 @@ def test_settings_from_strings_and_bad_values() -> None:
         (dict(method="lq", rule="bound", eps=0.5, gamma=2.0), "belongs to lq's index rule"),
         (dict(method="lq", rule="exact"), "rule' must be one of index, bound"),
         (dict(method="random_matched"), "needs --reference RUN_ID"),
-        (dict(method="random_matched", reference="x", scope="neuron"), "per-layer counts"),
         (dict(model_options={"width": 3}), "unknown option"),
     ]
     for kw, message in bad:

@@ -1,4 +1,4 @@
-"""Export (issue 7): sparse files round-trip bit for bit and are small; shrink removes dead neurons exactly;
+"""Export: sparse files round-trip bit for bit and are small; shrink removes dead neurons exactly;
 the metrics record; the `pqprune export` command and its errors."""
 
 from __future__ import annotations

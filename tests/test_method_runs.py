@@ -14,6 +14,8 @@ from pqprune.experiment import RunDir, RunSettings, SettingsError, expand_grid
 from pqprune.experiment.method_context import max_abs_inputs
 from pqprune.prune.methods import available, lookup
 
+pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
+
 runner = CliRunner()
 TINY = ["--data", "digits", "--model-option", "hidden=16", "--rounds", "2", "--epochs", "1"]
 
@@ -71,6 +73,35 @@ def test_random_matched_copies_the_reference_counts_per_layer_and_round(tmp_path
     _, _, m_ref = RunDir(tmp_path / "runs", ref["run_id"]).last_checkpoint()  # type: ignore[misc]
     _, _, m_rm = RunDir(tmp_path / "runs", doc["run_id"]).last_checkpoint()  # type: ignore[misc]
     assert any(not torch.equal(m_ref[n], m_rm[n]) for n in m_ref)
+
+
+def test_random_matched_at_neuron_scope_copies_the_reference_counts_per_row(tmp_path: Path) -> None:
+    ref = _run(tmp_path, "--method", "lq", "--rule", "bound", "--eps", "1.5", "--relative")
+    assert ref["settings"]["scope"] == "neuron" and ref["rounds"][-1]["density"] < 1.0
+    doc = _run(tmp_path, "--method", "random_matched", "--reference", ref["run_id"], "--scope", "neuron")
+    _, _, m_ref = RunDir(tmp_path / "runs", ref["run_id"]).last_checkpoint()  # type: ignore[misc]
+    _, _, m_rm = RunDir(tmp_path / "runs", doc["run_id"]).last_checkpoint()  # type: ignore[misc]
+    for n in m_ref:
+        rows = lambda m: m.reshape(m.shape[0], -1).sum(1)  # noqa: E731
+        assert torch.equal(rows(m_ref[n]), rows(m_rm[n])), n
+    assert any(not torch.equal(m_ref[n], m_rm[n]) for n in m_ref)
+    # A layer-scope run records no per-neuron decisions: it cannot be matched per neuron.
+    lt = _run(tmp_path, "--method", "lt", "--scope", "layer")
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            *TINY,
+            *_paths(tmp_path),
+            "--method",
+            "random_matched",
+            "--reference",
+            lt["run_id"],
+            "--scope",
+            "neuron",
+        ],
+    )
+    assert r.exit_code == 2 and "needs a neuron-scope run" in r.stderr
 
 
 def test_random_matched_refuses_bad_references(tmp_path: Path) -> None:

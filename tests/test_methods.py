@@ -1,4 +1,4 @@
-"""Pruning methods: SAP arithmetic (math.md §5), fixed ratios (§6), l_q neuron rules (§7), the registry."""
+"""Pruning methods: SAP arithmetic (docs/math.md §5), fixed ratios (§6), l_q neuron rules (§7), the registry."""
 
 from __future__ import annotations
 

@@ -259,3 +259,31 @@ def test_differences_plot_pruned_pqi_when_recorded() -> None:
     assert not ax_pqi.texts  # no "not recorded" notice
     assert list(ax_pqi.lines[0].get_ydata()) == pytest.approx([0.05, 0.05])
     assert list(ax_acc.lines[0].get_ydata()) == pytest.approx([10.0, 10.0])
+
+
+def test_matched_runs_group_by_the_method_of_their_reference(tmp_path: Path) -> None:
+    """random_matched runs name a different reference per seed; they are seeds of one method, labelled by it."""
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        for seed in (0, 1):
+            ref = RunSettings(data="digits", model="mlp", method="lt", scope="layer", rounds=1, epochs=1, seed=seed)
+            rm = RunSettings(
+                data="digits",
+                model="mlp",
+                method="random_matched",
+                method_options={"reference": ref.run_id()},
+                scope="layer",
+                rounds=1,
+                epochs=1,
+                seed=seed,
+            )
+            for s in (ref, rm):
+                store.start_run(s.run_id(), s.run_hash(), s.resolved().to_dict())
+                for t in range(2):
+                    store.record_round(s.run_id(), t, {"density": 0.8**t, "test_accuracy": 0.9})
+                store.set_status(s.run_id(), "finished")
+    (group,) = load_groups(db)
+    by_label = {m.label: m for m in group.methods}
+    assert sorted(by_label) == ["LT", "RandomMatched"]
+    assert sorted(by_label["RandomMatched"].seeds) == [0, 1]
+    assert by_label["RandomMatched"].settings["reference"] == "LT"

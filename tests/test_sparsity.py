@@ -1,4 +1,4 @@
-"""Sparsity measures against math.md §1–5: the "Checks" values, the axioms of [Diao23] and the Theorem-2 bound."""
+"""Sparsity measures against docs/math.md §1–5: the "Checks" values, the axioms of [Diao23] and the Theorem-2 bound."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def t64(v) -> torch.Tensor:
     return torch.tensor(v, dtype=torch.float64)
 
 
-# ------------------------------------------------------------------------------------- math.md §2 Checks
+# ------------------------------------------------------------------------------------- docs/math.md §2 Checks
 @pytest.mark.parametrize(
     "p,q,k,expected",
     [
@@ -113,14 +113,14 @@ N_IID = 2_000_000
 )
 def test_iid_closed_forms(name, sample, i051, i12):
     literal = {"normal": (0.1528, 0.2021), "uniform": (0.1111, 0.1340), "laplace": (0.2146, 0.2929)}[name]
-    assert (i051, i12) == pytest.approx(literal, abs=1e-4)  # the closed forms are the ones math.md states
+    assert (i051, i12) == pytest.approx(literal, abs=1e-4)  # the closed forms are the ones docs/math.md §2 states
     w = sample(gen(7))
     grid = pq_index_grid(w, [(0.5, 1.0), (1.0, 2.0)])
     assert grid[(0.5, 1.0)] == pytest.approx(i051, abs=0.002)
     assert grid[(1.0, 2.0)] == pytest.approx(i12, abs=0.002)
 
 
-# ------------------------------------------------------------------------------------- math.md §3 Checks
+# ------------------------------------------------------------------------------------- docs/math.md §3 Checks
 def test_gini_values():
     assert gini(torch.full((50,), -2.0)) == pytest.approx(0.0, abs=1e-12)
     assert gini(k_sparse(400, 1)) == pytest.approx(1 - 1 / 400, abs=1e-12)
@@ -231,7 +231,7 @@ def test_robin_hood_strictly_decreases(v, pq, share, data):
     assert gini(t64(b)) < gini(t64(a)) - 1e-12
 
 
-# --------------------------------------------------------------------------------- Theorem 2, math.md §4
+# --------------------------------------------------------------------------------- Theorem 2, docs/math.md §4
 def _sample(kind: str, d: int, g: torch.Generator) -> torch.Tensor:
     if kind == "normal":
         return torch.randn(d, generator=g, dtype=torch.float64)

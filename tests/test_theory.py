@@ -1,4 +1,4 @@
-"""Tests of pqprune.theory: math.md §4 (Theorem 2), §7 (ℓ_q bound) and §8 (moments, high-probability bound, Monte Carlo).
+"""Tests of pqprune.theory: docs/math.md §4 (Theorem 2), §7 (ℓ_q bound) and §8 (moments, high-probability bound, Monte Carlo).
 
 Measured figures quoted in docstrings below (seeded, this machine):
 * ℓ_q per-neuron bound B‖w‖_q m^{1−1/q} vs the exact worst case B‖tail‖₁ (Cauchy rows, d=256, q=0.5):
@@ -22,14 +22,7 @@ from torch import nn
 
 from pqprune import theory as T
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is ~20× faster than two on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------- §8 moments

@@ -1,4 +1,4 @@
-"""The theory studies (issue 6): the Monte-Carlo grid, the teacher experiment and their CLI (`pqprune theory`)."""
+"""The theory studies: the Monte-Carlo grid, the teacher experiment and their CLI (`pqprune theory`)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,7 @@ TEACHER = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks: one thread is ~20× faster than several on this shared machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ Monte-Carlo grid

@@ -8,11 +8,13 @@ crash or Ctrl-C leaves either the old file or the new one, never half of one. Pi
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +24,28 @@ from torch import Tensor
 
 class FileFormatError(ValueError):
     """A file is missing, unreadable, corrupt or of the wrong kind; the message names the file."""
+
+
+def finite_or_none(x: Any) -> Any:
+    """A number as JSON and SQL can hold it: a NaN or infinite float (or 0-d tensor / NumPy scalar) becomes None
+    (an undefined statistic, e.g. the PQ Index of a unit with no survivors); anything else is returned as is,
+    numbers as plain Python numbers."""
+    if isinstance(x, Tensor) and x.numel() == 1:
+        x = x.item()
+    elif hasattr(x, "item") and getattr(x, "shape", None) == ():
+        x = x.item()  # a NumPy scalar
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite number replaced by None (mappings, lists and tuples walked; keys as str)."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return finite_or_none(obj)
 
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -35,7 +59,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the

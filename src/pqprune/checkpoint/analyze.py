@@ -4,7 +4,6 @@ PQ Index, Gini and the fraction SAP would keep now, optionally per-neuron PQI su
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pqprune.files import finite_or_none
 from pqprune.measure.gini_index import gini_layers_and_global
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import RowStats, map_units, power_sums, reduce_scope
@@ -22,12 +22,6 @@ Report = dict[str, Any]
 
 FIELDS = ("name", "shape", "numel", "density", "pqi", "gini", "sap_keep_fraction")
 """Columns of a layer row, in order (``neuron_pqi`` follows at neuron scope)."""
-
-
-def _num(x: float | Tensor) -> float | None:
-    """A JSON-safe number: NaN (a degenerate unit) becomes None."""
-    v = float(x)
-    return None if math.isnan(v) else v
 
 
 def _neuron_summary(values: Tensor) -> dict[str, float | None]:
@@ -64,7 +58,7 @@ def analyze(
     metrics: bool = False,
     input_shape: Sequence[int] | None = None,
 ) -> Report:
-    """Sparsity report of the prunable weights of ``obj`` [Diao23] (math.md §1–5).
+    """Sparsity report of the prunable weights of ``obj`` [Diao23] (docs/math.md §1–5).
 
     With ``metrics=True`` (or an ``input_shape``) the report also holds ``"metrics"``: the ShrinkBench-style
     record of :func:`pqprune.export.model_metrics` (parameters, nonzeros, sizes; FLOPs given ``input_shape``).
@@ -95,7 +89,7 @@ def analyze(
     survivors = {n: _survivors(w, matched[n]) for n, w in weights.items()}
     neuron_pqi: dict[str, Tensor] = {}
     if scope == "global":
-        c = int(sap_prune_count(global_pqi, float(global_unit.count[0]), p, q))
+        c = sap_prune_count(global_pqi, int(global_unit.count[0]), p, q)
         kept = _global_keep(weights, matched, c)
     elif scope == "layer":
         kept = {n: survivors[n] - int(sap_prune_count(layer_pqi[n], survivors[n], p, q)) for n in weights}
@@ -103,8 +97,7 @@ def analyze(
         kept = {}
         for n, u in rows.items():
             neuron_pqi[n] = pqi(u)
-            c = sap_prune_count(neuron_pqi[n], u.count, p, q)
-            kept[n] = survivors[n] - int(c.sum())
+            kept[n] = survivors[n] - int(sap_prune_count(neuron_pqi[n], u.count, p, q).sum())
 
     def keep_fraction(kept_n: int, alive_n: int) -> float | None:
         return kept_n / alive_n if alive_n > 0 else None
@@ -116,8 +109,8 @@ def analyze(
             "shape": list(w.shape),
             "numel": w.numel(),
             "density": survivors[n] / w.numel() if w.numel() else None,
-            "pqi": _num(layer_pqi[n]),
-            "gini": _num(layer_gini[n]),
+            "pqi": finite_or_none(layer_pqi[n]),
+            "gini": finite_or_none(layer_gini[n]),
             "sap_keep_fraction": keep_fraction(kept[n], survivors[n]),
         }
         if scope == "neuron":
@@ -129,8 +122,8 @@ def analyze(
         "global": {
             "numel": numel,
             "density": alive / numel if numel else None,
-            "pqi": _num(global_pqi),
-            "gini": _num(global_gini),
+            "pqi": finite_or_none(global_pqi),
+            "gini": finite_or_none(global_gini),
             "sap_keep_fraction": keep_fraction(sum(kept.values()), alive),
         },
         "layers": layers,

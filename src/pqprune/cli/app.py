@@ -49,15 +49,16 @@ def main() -> None:
 
 
 def _parse_kv(items: list[str] | None, what: str) -> dict:
-    """``KEY=VALUE`` pairs; values read as YAML scalars (numbers, booleans, lists like [64,64])."""
-    import yaml
+    """``KEY=VALUE`` pairs of option ``what`` (numbers, booleans, lists like [64,64]); a bad one fails (exit 2)."""
+    from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
 
     out = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            fail(f"{what} takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            key, value = parse_assignment(item, what)
+        except SettingsError as err:
+            fail(str(err))
+        out[key] = parse_value(value)
     return out
 
 

@@ -31,7 +31,7 @@ def export_command(
         None, "--num-classes", help="Outputs of the model (default: from the data or the head)."
     ),
     model_option: list[str] | None = typer.Option(
-        None, "--model-option", help="KEY=VALUE option of the model (repeatable)."
+        None, "--model-option", metavar="KEY=VALUE", help="Option of the model (repeatable)."
     ),
 ) -> None:
     """Write a pruned model compactly (sparse) or physically smaller (shrunk); print its metrics before and after."""
@@ -54,6 +54,7 @@ def export_command(
             export.save_sparse(state, mask_map, out)
             after = dict(before)
         else:
+            assert net is not None  # built above for the shrunk format
             small = export.shrink(net, mask_map)
             export.save_shrunk(small, out)
             after = export.model_metrics(small, None, shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -17,7 +18,7 @@ def methods_command(as_json: bool = typer.Option(False, "--json", help="Print JS
     from pqprune.prune.methods import lookup
     from pqprune.prune.methods.registry import available
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in available():
         cls = lookup(name)
         rows.append(

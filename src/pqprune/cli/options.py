@@ -61,7 +61,7 @@ def _with_settings(as_lists: bool):
             return fn(settings={k: v for k, v in given.items() if v is not None}, **kw)
 
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "settings"]
-        wrapper.__signature__ = inspect.Signature(
+        wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _setting_params(as_lists)
         )
         del wrapper.__wrapped__  # typer must see the new signature, not the original's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.progress import TaskID
+
 from pqprune.cli.app import err_console
 from pqprune.cli.tables import _fmt
 
@@ -22,7 +24,7 @@ class _RunDisplay:
             disable=not enabled,
             transient=False,
         )
-        self.tasks: dict = {}  # (run_id, kind) -> task id
+        self.tasks: dict[tuple[str, str], TaskID] = {}
 
     def __enter__(self) -> _RunDisplay:
         self.progress.start()
@@ -31,7 +33,7 @@ class _RunDisplay:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def _task(self, run_id: str, kind: str, total: int) -> int:
+    def _task(self, run_id: str, kind: str, total: int) -> TaskID:
         key = (run_id, kind)
         if key not in self.tasks:
             label = f"{run_id} rounds" if kind == "rounds" else "  epochs"

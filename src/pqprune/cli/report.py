@@ -28,7 +28,7 @@ def report_command(
     out: str = typer.Option(..., "--out", help="Folder to write index.html, summary.md and the PNG figures into."),
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     where: list[str] | None = typer.Option(
-        None, "--where", help="KEY=VALUE: only runs with this setting (repeatable)."
+        None, "--where", metavar="KEY=VALUE", help="Only runs with this setting (repeatable)."
     ),
 ) -> None:
     """Figures (accuracy, density, PQI, Gini, per-layer density, retrained − pruned) and a summary table per

@@ -20,17 +20,17 @@ def run_command(
         None, "--config", help="YAML or TOML file of settings; options given here override it."
     ),
     data_option: list[str] | None = typer.Option(
-        None, "--data-option", help="KEY=VALUE option of the data set (repeatable)."
+        None, "--data-option", metavar="KEY=VALUE", help="Option of the data set (repeatable)."
     ),
     model_option: list[str] | None = typer.Option(
-        None, "--model-option", help="KEY=VALUE option of the model (repeatable)."
+        None, "--model-option", metavar="KEY=VALUE", help="Option of the model (repeatable)."
     ),
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Prune and retrain one model (math.md §5); rerunning the same command resumes it, or reuses it if finished."""
+    """Prune and retrain one model (docs/math.md §5); rerunning the same command resumes it, or reuses it if finished."""
     import json
 
     from pqprune.experiment import run_experiment
@@ -85,7 +85,9 @@ def sweep_command(
     config: str | None = typer.Option(
         None, "--config", help="YAML or TOML file of base settings (lists there sweep too)."
     ),
-    set_: list[str] | None = typer.Option(None, "--set", help="KEY=V1,V2,… for any setting (repeatable)."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=V1,V2", help="Values of any setting to sweep over (repeatable)."
+    ),
     workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
@@ -95,7 +97,7 @@ def sweep_command(
     """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
     import json
 
-    from pqprune.experiment.settings import RunSettings, load_config
+    from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
     from pqprune.experiment.sweep import expand_grid, run_sweep
     from pqprune.prune.methods.registry import option_names
 
@@ -105,10 +107,7 @@ def sweep_command(
         fixed = {k: base[k] for k in _DICT_SETTINGS if k in base}
         grid.update({k: [v] if isinstance(v, bool) else _split_list(v) for k, v in settings.items()})
         for item in set_ or []:
-            key, sep, values = item.partition("=")
-            if not sep:
-                fail(f"--set takes KEY=V1,V2,…, got {item!r}")
-            key = key.strip().replace("-", "_")
+            key, values = parse_assignment(item, "--set")
             known = [n for n in RunSettings.names() if n not in _DICT_SETTINGS] + option_names()
             if key not in known:
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
@@ -269,7 +268,7 @@ def demo_command(
         err_console.print("interrupted: finished rounds are saved; rerun `pqprune demo` to resume", highlight=False)
         raise typer.Exit(code=130) from None
     seconds = time.perf_counter() - start
-    report_index = _demo_report(db, runs_dir, runs)  # issue 5: the demo ends with the report of its runs
+    report_index = _demo_report(db, runs_dir, runs)  # the demo ends with the report of its runs
     if as_json:
         typer.echo(
             json.dumps(

@@ -97,7 +97,8 @@ def _export_model(
     data_name = data or (settings or {}).get("data")
     if input_shape is None and data_name is None:
         fail("building the model needs --input-shape (or --data NAME)")
-    if input_shape is None or (num_classes is None and data is not None):
+    if input_shape is None or (num_classes is None and data_name is not None):
+        assert data_name is not None  # checked above: no input shape means a data set
         s = settings or {}
         splits = data_mod.get_dataset(
             data_name, s.get("data_root") or None, seed=int(s.get("seed", 0)), **(s.get("data_options") or {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 
@@ -38,7 +40,7 @@ def bound_command(
     dist: str = typer.Option("normal", "--dist", help="Weight distribution: normal | uniform."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Evaluate the theory bounds (math.md §7–8): the probabilistic pruning gap of random networks of given sizes,
+    """Evaluate the theory bounds (docs/math.md §7–8): the probabilistic pruning gap of random networks of given sizes,
     or the ℓ_q per-neuron keep counts and output-change bound of a checkpoint."""
     import json
     import math
@@ -85,7 +87,7 @@ def _bound_sizes(spec, eps: float | None, delta: float | None) -> dict:
     shapes = spec.weight_shapes()
     n_events = 3 * len(shapes) - 2
     d_each = (delta if delta is not None else 0.1) / n_events
-    layers = []
+    layers: list[dict[str, Any]] = []
     for shape, s in zip(shapes, spec.scales()):
         rows = shape[0]
         if spec.method == "random":
@@ -188,7 +190,7 @@ def theory_mc_command(
     as_json: bool = typer.Option(False, "--json", help="Print the cells as JSON instead of a table."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
 ) -> None:
-    """Monte-Carlo study of random and magnitude pruning of random networks [Qian21], math.md §8: for each width,
+    """Monte-Carlo study of random and magnitude pruning of random networks [Qian21], docs/math.md §8: for each width,
     depth, density and method, p̂ = P(gap ≤ ε) with its Wilson 95% interval beside the probability the proven
     bound guarantees; cells go to the results database, a table and a figure."""
     import json
@@ -311,7 +313,7 @@ def theory_teacher_command(
     as_json: bool = typer.Option(False, "--json", help="Print the points as JSON instead of a table."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
 ) -> None:
-    """Teacher experiment [Yang22], math.md §7: prune teachers with controlled soft sparsity by the ℓ_q bound rule,
+    """Teacher experiment [Yang22], docs/math.md §7: prune teachers with controlled soft sparsity by the ℓ_q bound rule,
     the ℓ_q index rule, SAP and magnitude pruning; weights kept vs max/mean output error on the box, each point
     beside magnitude pruning at the same per-layer counts."""
     import json

@@ -36,7 +36,7 @@ from pqprune.prune.methods.base import UnitRecord
 from pqprune.prune.pruner import Pruner
 from pqprune.store.database import Store
 
-# The pair every round's PQI is reported with (math.md §2's default), whatever the method decides with, so that
+# The pair every round's PQI is reported with (docs/math.md §2's default), whatever the method decides with, so that
 # runs of different methods are comparable in the database.
 REPORT_PQ = (0.5, 1.0)
 
@@ -93,7 +93,7 @@ def _unit_dict(r: UnitRecord) -> dict[str, Any]:
 
 
 class _Loop:
-    """One run's state between rounds; :meth:`round` does one round of math.md §5.
+    """One run's state between rounds; :meth:`round` does one round of docs/math.md §5.
 
     In a distributed run every rank runs the same loop on the same model (trained under DDP) and computes the
     same masks from the same weights; only rank 0 (``store`` given) writes checkpoints and the database.

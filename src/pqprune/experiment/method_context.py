@@ -57,10 +57,12 @@ def max_abs_inputs(model: nn.Module, x: Tensor, names: list[str], batch_size: in
 
 def reference_counts(
     runs_dir: Path, run_id: str, settings: RunSettings, weights: Mapping[str, Tensor]
-) -> list[dict[str, int]]:
-    """Per-layer survivor counts of rounds 1 … T of reference run ``run_id`` (round t of a run is pruned to
-    match round t + 1 of the reference). Refused with a :class:`SettingsError` if the run is unknown, of another
-    model or data set, or has not finished the rounds needed."""
+) -> list[dict[str, int | Tensor]]:
+    """Survivor counts of rounds 1 … T of reference run ``run_id`` (round t of a run is pruned to match round
+    t + 1 of the reference): per layer, or per row (an int64 tensor per weight) when this run prunes at neuron
+    scope — read from the reference's per-neuron decisions, so the reference must be a neuron-scope run.
+    Refused with a :class:`SettingsError` if the run is unknown, of another model or data set, or has not
+    finished the rounds needed."""
     rd = RunDir(runs_dir, run_id)
     stored = rd.settings()
     if stored is None:
@@ -82,7 +84,13 @@ def reference_counts(
             f"--reference {run_id} has not finished the rounds this run needs: {missing[:5]}{'…' if len(missing) > 5 else ''} "
             f"(it needs rounds 1 to {settings.rounds})"
         )
-    out = []
+    if settings.resolved().scope == "neuron":
+        if ref.get("scope") != "neuron":
+            raise SettingsError(
+                f"--reference {run_id} pruned at {ref.get('scope')} scope: matching per neuron needs a neuron-scope run"
+            )
+        return [_row_kept(rd, t, weights, run_id) for t in range(settings.rounds)]
+    out: list[dict[str, int | Tensor]] = []
     for t in range(1, settings.rounds + 1):
         try:
             layers = rd.read_round(t)["metrics"]["layers"]
@@ -92,6 +100,21 @@ def reference_counts(
                 f"--reference {run_id}: round {t} does not list the layers of this model ({err})"
             ) from err
     return out
+
+
+def _row_kept(rd: RunDir, t: int, weights: Mapping[str, Tensor], run_id: str) -> dict[str, int | Tensor]:
+    """Survivors per row after round ``t``'s pruning step, from the step's per-neuron records ``name[i]`` (d − c)."""
+    kept = {n: torch.full((w.shape[0],), -1, dtype=torch.int64) for n, w in weights.items()}
+    try:
+        for u in rd.read_round(t)["units"]:
+            name, _, index = u["unit"].rstrip("]").rpartition("[")
+            kept[name][int(index)] = int(u["d"]) - int(u["c"])
+    except (KeyError, ValueError, IndexError, TypeError, FileFormatError, json.JSONDecodeError) as err:
+        raise SettingsError(f"--reference {run_id}: round {t} has no per-neuron records of this model ({err})") from err
+    incomplete = [n for n, k in kept.items() if bool((k < 0).any())]
+    if incomplete:
+        raise SettingsError(f"--reference {run_id}: round {t} does not record every neuron of {incomplete}")
+    return dict(kept)
 
 
 def _kept(layer: Mapping[str, Any], numel: int) -> int:

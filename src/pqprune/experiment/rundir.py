@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pqprune.files import FileFormatError, load_state_dict, save_json, save_tensors
+from pqprune.files import FileFormatError, json_safe, load_state_dict, save_json, save_tensors
 
 CHECKPOINT_FORMAT = "pqprune.round"
 CHECKPOINT_VERSION = 1
@@ -161,7 +160,7 @@ def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], 
 def _write_round_json(rd: RunDir, t: int, doc: Mapping[str, Any], keep: str) -> None:
     """Write the round's JSON atomically, after its tensors: the JSON marks the round complete. Then drop the
     previous round's tensors if only the last are kept (never before: a crash must leave a resumable round)."""
-    save_json(_json_safe({**doc, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}), rd.json(t))
+    save_json(json_safe({**doc, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}), rd.json(t))
     if keep == "last" and t > 0:
         rd.tensors(t - 1).unlink(missing_ok=True)
 
@@ -171,14 +170,3 @@ def _load_pruner_state(rd: RunDir, t: int, doc: Mapping[str, Any], initial: Mapp
     state = _unflatten(doc["pruner"], tensors)
     state["initial"] = dict(initial)
     return state
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf → None, so checkpoint JSON stays standard JSON."""
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -33,6 +33,34 @@ class SettingsError(ValueError):
     """A run's settings are invalid or incompatible (unknown name, bad value, model that cannot take the data)."""
 
 
+def parse_assignment(item: str, what: str) -> tuple[str, str]:
+    """``"KEY=VALUE"`` → ``(key, value text)``, the one reader of every ``KEY=VALUE`` option (``--where``,
+    ``--set``, ``--model-option``, ``--data-option``). Dashes in the key read as underscores (``target-density`` is
+    ``target_density``). Raises :class:`SettingsError` naming the option ``what`` when there is no ``=`` or the
+    key is not a name."""
+    key, sep, value = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise SettingsError(f"{what} takes KEY=VALUE with KEY a name, got {item!r}")
+    return key, value.strip()
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on the command line: JSON first (``0`` → 0, ``1e-3`` → 0.001, ``true`` → True, ``[64, 64]``),
+    then YAML for unquoted lists (``[a, b]``); anything else stays the text (``sap`` → "sap")."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (list, dict)) else text
+
+
 # --------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class RunSettings:
@@ -365,7 +393,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
                 import tomllib
             except ImportError:  # Python 3.10: the same parser as a package
                 try:
-                    import tomli as tomllib  # type: ignore[no-redef]
+                    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
                 except ImportError:
                     raise SettingsError(
                         f"config file {path}: reading TOML needs Python 3.11+ or the tomli package"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,8 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
             if isinstance(mod, nn.Linear):
                 n = out.numel() * mod.in_features
             else:
-                n = out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+                conv = cast(nn.modules.conv._ConvNd, mod)
+                n = out.numel() * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
             macs[name] = macs.get(name, 0) + n
 
         return record

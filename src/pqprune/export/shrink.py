@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ _POOLS = (
     nn.AdaptiveMaxPool3d,
 )
 _BN = nn.modules.batchnorm._BatchNorm
+_Layer = nn.Linear | nn.modules.conv._ConvNd  # a weighted layer of the chain
 
 
 def _leaves(model: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -89,9 +90,7 @@ class _Boundary:
     foldable: bool  # a constant channel of A can be folded into B's bias exactly
 
 
-def _check_between(
-    a_name: str, a: nn.Module, b_name: str, b: nn.Module, between: list[tuple[str, nn.Module]]
-) -> _Boundary:
+def _check_between(a_name: str, a: _Layer, b_name: str, b: _Layer, between: list[tuple[str, nn.Module]]) -> _Boundary:
     """Check that ``between`` maps channels of A to channels of B one to one; raise ``ValueError`` naming the culprit."""
     channels = a.out_features if isinstance(a, nn.Linear) else a.out_channels
     foldable = True
@@ -161,7 +160,7 @@ def _constants(bias: Tensor, between: list[tuple[str, nn.Module]]) -> Tensor:
     x = bias.detach().double().clone()
     for _name, mod in between:
         if isinstance(mod, _BN):
-            if mod.running_mean is not None and mod.num_features == x.numel():
+            if mod.running_mean is not None and mod.running_var is not None and mod.num_features == x.numel():
                 x = (x - mod.running_mean.double()) / torch.sqrt(mod.running_var.double() + mod.eps)
                 if mod.affine:
                     x = x * mod.weight.detach().double() + mod.bias.detach().double()
@@ -170,13 +169,13 @@ def _constants(bias: Tensor, between: list[tuple[str, nn.Module]]) -> Tensor:
     return x
 
 
-def _weight_view(b: nn.Module, channels: int) -> Tensor:
+def _weight_view(b: _Layer, channels: int) -> Tensor:
     """B's weight as ``(out, channels of A, taps)``: every entry reading channel j of A sits in ``[:, j, :]``."""
     return b.weight.detach().reshape(b.weight.shape[0], channels, -1)
 
 
 @torch.no_grad()
-def _slice_bn(mod: nn.Module, keep: Tensor, factor: int) -> None:
+def _slice_bn(mod: nn.modules.batchnorm._BatchNorm, keep: Tensor, factor: int) -> None:
     """Keep the features of BatchNorm ``mod`` that belong to the kept channels (blocks of ``factor`` after a flatten)."""
     if mod.num_features != keep.numel():
         keep = keep.repeat_interleave(factor)
@@ -192,7 +191,7 @@ def _slice_bn(mod: nn.Module, keep: Tensor, factor: int) -> None:
 
 
 @torch.no_grad()
-def _shrink_boundary(a: nn.Module, b: nn.Module, bd: _Boundary) -> bool:
+def _shrink_boundary(a: _Layer, b: _Layer, bd: _Boundary) -> bool:
     """Remove the dead channels between A and B in place; returns whether anything was removed."""
     channels = a.weight.shape[0]
     wb = _weight_view(b, channels)
@@ -233,7 +232,7 @@ def _shrink_boundary(a: nn.Module, b: nn.Module, bd: _Boundary) -> bool:
     return True
 
 
-def shrink(model: nn.Module, masks: MaskLike = None) -> nn.Module:
+def shrink(model: nn.Module, masks: MaskLike = None) -> nn.Sequential:
     """A smaller dense copy of ``model`` without its dead neurons / channels; ``model`` is not changed.
 
     ``model`` must be an ``nn.Sequential`` (nested ones are flattened) whose Linear / Conv layers form a chain:
@@ -255,21 +254,24 @@ def shrink(model: nn.Module, masks: MaskLike = None) -> nn.Module:
             "layers (a custom forward(), e.g. with residual connections, cannot be traced safely)"
         )
     work = pruned_copy(model, masks)
-    leaves = _leaves(work)
+    leaves = _leaves(cast(nn.Sequential, work))
     weighted = [i for i, (_n, mod) in enumerate(leaves) if isinstance(mod, _WEIGHTED)]
+    layers = {i: cast(_Layer, leaves[i][1]) for i in weighted}
     for i in weighted:
-        name, mod = leaves[i]
-        if not isinstance(mod, nn.Linear) and mod.groups != 1:
-            raise ValueError(f"cannot shrink: {_describe(name, mod)} is a grouped convolution (groups={mod.groups})")
+        name, layer = leaves[i][0], layers[i]
+        if not isinstance(layer, nn.Linear) and layer.groups != 1:
+            raise ValueError(
+                f"cannot shrink: {_describe(name, layer)} is a grouped convolution (groups={layer.groups})"
+            )
     bounds = [
-        _check_between(leaves[i][0], leaves[i][1], leaves[j][0], leaves[j][1], leaves[i + 1 : j])
+        _check_between(leaves[i][0], layers[i], leaves[j][0], layers[j], leaves[i + 1 : j])
         for i, j in zip(weighted, weighted[1:])
     ]
     changed = True
     while changed:  # to a fixed point: a removal upstream can make a downstream neuron dead, and back
         changed = False
         for k, bd in enumerate(bounds):
-            changed |= _shrink_boundary(leaves[weighted[k]][1], leaves[weighted[k + 1]][1], bd)
+            changed |= _shrink_boundary(layers[weighted[k]], layers[weighted[k + 1]], bd)
     out = nn.Sequential(*[mod for _n, mod in leaves])
     out.train(model.training)
     return out

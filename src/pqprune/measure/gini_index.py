@@ -1,4 +1,4 @@
-"""The Gini index of the surviving magnitudes, per neuron, per layer and for the whole model (math.md §3).
+"""The Gini index of the surviving magnitudes, per neuron, per layer and for the whole model (docs/math.md §3).
 
 ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ_i x_(i))`` over the N survivors sorted ascending [Hurley & Rickard 2009]: it
 needs each unit sorted, unlike the power-sum measures. The layer and global values come from one sort of each
@@ -133,7 +133,7 @@ def gini_layers_and_global(obj: WeightSource, masks: Masks | None = None) -> tup
 
 
 def gini(obj: WeightSource, scope: Scope = "global", masks: Masks | Tensor | None = None) -> Result:
-    """Gini index of the surviving magnitudes [Hurley & Rickard 2009], as in math.md §3.
+    """Gini index of the surviving magnitudes [Hurley & Rickard 2009], as in docs/math.md §3.
 
     ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ_i x_(i))`` over the N survivors sorted ascending. A constant vector gives
     0, a 1-sparse one ``1 − 1/N``. Needs a sort of each unit (O(n log n)), unlike the power-sum measures; for

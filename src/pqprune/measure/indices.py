@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -164,6 +165,18 @@ def retained_bound(index: float | Tensor, d: float | Tensor, p: float, q: float,
     return out if isinstance(index, Tensor) or isinstance(d, Tensor) else float(out)
 
 
+@overload
+def sap_prune_count(
+    index: Tensor, d: int | Tensor, p: float, q: float, eta: float = ..., gamma: float = ..., beta: float = ...
+) -> Tensor: ...
+@overload
+def sap_prune_count(
+    index: float | Tensor, d: Tensor, p: float, q: float, eta: float = ..., gamma: float = ..., beta: float = ...
+) -> Tensor: ...
+@overload
+def sap_prune_count(
+    index: float, d: int, p: float, q: float, eta: float = ..., gamma: float = ..., beta: float = ...
+) -> int: ...
 def sap_prune_count(
     index: float | Tensor,
     d: int | Tensor,
@@ -173,7 +186,7 @@ def sap_prune_count(
     gamma: float = 1.0,
     beta: float = 0.9,
 ) -> int | Tensor:
-    """How many survivors SAP prunes from a unit this round [Diao23, Algorithm 1], math.md §5.
+    """How many survivors SAP prunes from a unit this round [Diao23, Algorithm 1], docs/math.md §5.
 
         r = ceil(d · (1+η)^{q/(p−q)} · (1 − I)^{qp/(q−p)})
         c = floor(d · clamp(γ·(1 − r/d), 0, β))

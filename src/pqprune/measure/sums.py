@@ -146,7 +146,7 @@ def power_sums_of(
     Each tensor is read in cache-sized blocks; a block's powers are taken and summed in the weight's precision
     (float32 at least; float16/bfloat16 are widened) and block sums are accumulated in float64, so a 100M-entry
     tensor agrees with a float64 computation to ~1e-7 relative error (a float32 norm over the whole tensor is
-    off by tens of percent: design.md, Numerics). Raises ``ValueError`` naming the tensor if a surviving entry
+    off by tens of percent: docs/math.md §2). Raises ``ValueError`` naming the tensor if a surviving entry
     is NaN or infinite.
     """
     exps = _check_exponents(exponents)

@@ -23,9 +23,9 @@ GLOBAL = "global"
 """Name of the single unit at global scope."""
 
 WeightSource = Tensor | nn.Module | Mapping[str, Tensor]
-Masks = Mapping[str, Tensor]
+Masks = Mapping[str, "Tensor | None"]  # a missing or None entry: the tensor is dense
 Result = float | dict[str, float] | dict[str, Tensor]
-# Module types whose 2-D+ "weight" is not a connection matrix: never pruned by default (math.md §1).
+# Module types whose 2-D+ "weight" is not a connection matrix: never pruned by default (docs/math.md §1).
 _NOT_PRUNABLE = (
     nn.Embedding,
     nn.EmbeddingBag,
@@ -40,7 +40,7 @@ def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters pqprune prunes by default: those named ``*weight`` with ``dim() > 1``.
 
     This covers ``nn.Linear``, ``nn.Conv{1,2,3}d`` and attention projections (``in_proj_weight``); weights of
-    embeddings and normalisation layers are left out (math.md §1).
+    embeddings and normalisation layers are left out (docs/math.md §1).
     """
     found: dict[str, nn.Parameter] = {}
     for mod_name, mod in module.named_modules():

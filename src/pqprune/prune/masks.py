@@ -1,7 +1,7 @@
 """MaskSet: which parameters are prunable, and which of their entries survive.
 
 Masks are bool tensors kept *beside* the model, keyed by parameter name (True = the entry survives). They are
-enforced by zeroing pruned weights after each optimizer step and masking gradients before it (design.md): the
+enforced by zeroing pruned weights after each optimizer step and masking gradients before it: the
 model keeps its ``state_dict`` keys, gets no forward hooks, and ``copy.deepcopy``/pickling keep working. The
 ``weight_orig``/``weight_mask`` form of ``torch.nn.utils.prune`` is read and written for interop only.
 
@@ -63,7 +63,7 @@ def discover(
     """The prunable parameters of ``model``, by full name.
 
     Default (no ``include*``): :func:`pqprune.measure.prunable_weights` — parameters named ``*weight`` with
-    ``dim() > 1`` outside embeddings and normalisation layers (math.md §1).
+    ``dim() > 1`` outside embeddings and normalisation layers (docs/math.md §1).
 
     * ``include``: fnmatch patterns over *all* parameter names (e.g. ``"fc*.weight"``, ``"*"`` for everything,
       biases included); a pattern that matches nothing is an error.

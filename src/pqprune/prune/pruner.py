@@ -16,11 +16,12 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from pqprune.measure.weights import Scope
 from pqprune.prune import methods as _methods
 from pqprune.prune.masks import Density, MaskSet
 from pqprune.prune.methods.base import Method, UnitRecord
@@ -55,7 +56,7 @@ class Pruner:
     Args:
         model: any ``nn.Module``; its structure and ``state_dict`` keys are never changed.
         method: a :class:`pqprune.prune.methods.Method` or a registered name (``"sap"``, ``"lottery_ticket"``, …).
-        scope: the unit of each decision (math.md §1); default: the method's (``"global"``, ``"neuron"`` for
+        scope: the unit of each decision (docs/math.md §1); default: the method's (``"global"``, ``"neuron"`` for
             ``LqNeuron``).
         include, exclude, include_types, exclude_types: which parameters are prunable, see
             :func:`pqprune.prune.masks.discover`.
@@ -79,7 +80,7 @@ class Pruner:
         self.method: Method = _methods.get(method) if isinstance(method, str) else method
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a pqprune Method or a name, got {type(method).__name__}")
-        self.scope: str = scope if scope is not None else self.method.default_scope
+        self.scope: Scope = cast(Scope, scope if scope is not None else self.method.default_scope)
         self.method.check_scope(self.scope)
         self.model = model
         self.maskset = MaskSet(model, include, exclude, include_types, exclude_types)

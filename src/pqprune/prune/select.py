@@ -1,6 +1,6 @@
-"""Exact-k selection: prune exactly ``c`` survivors per unit, the ``c`` smallest by score (math.md §5).
+"""Exact-k selection: prune exactly ``c`` survivors per unit, the ``c`` smallest by score (docs/math.md §5).
 
-Units follow math.md §1: ``global`` (all tensors concatenated in mapping order), ``layer`` (one tensor) and
+Units follow docs/math.md §1: ``global`` (all tensors concatenated in mapping order), ``layer`` (one tensor) and
 ``neuron`` (one row of ``W.reshape(out, -1)``). Within a unit the ``c`` survivors with the smallest scores are
 pruned; equal scores are broken by flat index (lower index pruned first), so the result is deterministic and
 the number pruned always equals the number decided — unlike a "prune everything below a threshold" rule,
@@ -287,7 +287,7 @@ def _digit_histogram(
 def global_threshold(stream: ScoreStream, k: int, score: ChunkScore | None = None) -> Threshold:
     """The :class:`Threshold` of the ``k`` smallest surviving scores over all tensors of ``stream`` concatenated.
 
-    Exact radix selection on the order-preserving integer keys of the float scores (math.md §5): one pass counts
+    Exact radix selection on the order-preserving integer keys of the float scores (docs/math.md §5): one pass counts
     the top 16 bits of every survivor's key, finds the bucket holding the k-th smallest and carries on with the
     next 16 bits inside that bucket only — two passes for float32 scores, four for float64. Memory: a 65,536-bin
     histogram and a chunk of keys; scores are never concatenated, so ``stream`` may read checkpoint shards one at

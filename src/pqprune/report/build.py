@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -105,28 +104,21 @@ class ReportResult:
     figures: dict[str, list[Path]]
 
 
-def _parse_value(text: str) -> Any:
-    """``0`` → 0, ``0.5`` → 0.5, ``true`` → True, anything else stays a string (as settings are stored)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, (int, float, bool, str)) else text
-
-
 def parse_where(items: Sequence[str]) -> dict[str, Any]:
     """``["method=sap", "seed=0"]`` → ``{"method": "sap", "seed": 0}``; dashes in keys read as underscores.
 
     Raises:
         ReportError: an item is not KEY=VALUE.
     """
+    from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise ReportError(f"--where takes KEY=VALUE with KEY a setting name, got {item!r}")
-        out[key] = _parse_value(value.strip())
+        try:
+            key, value = parse_assignment(item, "--where")
+        except SettingsError as err:
+            raise ReportError(str(err)) from err
+        out[key] = parse_value(value)
     return out
 
 

@@ -6,6 +6,7 @@ headless and leaves no global state behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -20,6 +21,11 @@ from pqprune.report.summary import _diff, mean_std
 
 
 # --------------------------------------------------------------------------------------------- figures
+def _layer_density(row: dict[str, Any], name: str) -> Any:
+    """The density of layer ``name`` in one round row (None when the round did not record it)."""
+    return ((row.get("layers") or {}).get(name) or {}).get("density")
+
+
 def method_style(label: str) -> tuple[str, str]:
     """(colour, marker) of a method label: fixed for the known methods, a stable hash of the label otherwise."""
     if label in METHOD_STYLES:
@@ -196,7 +202,7 @@ def fig_layers(g: Group) -> Any:
     markers = ("o", "s", "^", "v", "D", "P", "X", "*")
     x = _rounds_x(m)
     for i, name in enumerate(names):
-        vals = m.matrix(lambda r, n=name: ((r.get("layers") or {}).get(n) or {}).get("density")) * 100
+        vals = m.matrix(functools.partial(_layer_density, name=name)) * 100
         mean, std, _ = mean_std(vals)
         keep = np.isfinite(mean)
         colour = cmap(i / max(1, len(names) - 1) * 0.9)

@@ -13,7 +13,7 @@ PQI_TOL = 0.005  # a PQI change smaller than this is noise (PQI of trained MLPs 
 ACC_TOL = 0.01  # one accuracy point (accuracies are fractions), as in "within 1 point of the dense model"
 
 PHASE_RULE = (
-    "Phases (math.md §9) are labelled round by round from the seed-mean trajectories of the global PQI and of the "
+    "Phases (docs/math.md §9) are labelled round by round from the seed-mean trajectories of the global PQI and of the "
     "retrained test accuracy, causally (round t looks only at rounds 0…t). The walk starts in regularisation; "
     f"it moves to compression as soon as the PQI rises more than {PQI_TOL} above its running minimum; from "
     f"compression it moves to collapse once the PQI has fallen more than {PQI_TOL} below the compression peak "
@@ -24,7 +24,7 @@ PHASE_RULE = (
 )
 
 
-# --------------------------------------------------------------------------------------------- phases (math.md §9)
+# --------------------------------------------------------------------------------------------- phases (docs/math.md §9)
 def _carry(values: Sequence[float | None]) -> np.ndarray | None:
     """Float array with NaN/None replaced by the previous finite value (leading ones by the first); None if none."""
     x = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
@@ -82,7 +82,7 @@ def phases(
     pqi_tol: float = PQI_TOL,
     acc_tol: float = ACC_TOL,
 ) -> list[str]:
-    """The phase of math.md §9 of every round: ``regularisation``, ``compression`` or ``collapse``.
+    """The phase of docs/math.md §9 of every round: ``regularisation``, ``compression`` or ``collapse``.
 
     ``pqi`` is the global PQ Index of the retrained model per round, ``accuracy`` its test accuracy (fractions;
     ``acc_tol`` is in the same unit). The rule walks the rounds in order, so round t's label depends only on

@@ -150,7 +150,8 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
         where = canonical_where(where)
         with Store(path) as store:
             runs = store.list_runs(where=where)
-            everything = [run["settings"] for run in store.list_runs()] if not runs else []  # for the error message
+            all_runs = store.list_runs()
+            everything = [run["settings"] for run in all_runs] if not runs else []  # for the error message
             loaded = [(run, store.rounds(run["run_id"])) for run in runs]
     except (StoreError, ValueError) as err:
         raise ReportError(str(err)) from err
@@ -165,9 +166,14 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
     if not loaded:
         raise ReportError(f"the {len(runs)} runs in {path} matching {_where_text(where)} have no finished round yet")
 
+    # A run matched to another (random_matched) names its reference by id, one per seed: what makes two such
+    # runs the same method is the reference's method, so the id is replaced by that method's label.
+    labels = {run["run_id"]: _label(_normalised(run["settings"])) for run in all_runs}
     groups: dict[tuple[str, str, str], dict[str, MethodRuns]] = {}
     for run, rounds in loaded:
         s = _normalised(run["settings"])
+        if s.get("reference") in labels:
+            s["reference"] = labels[s["reference"]]
         gkey = tuple(str(s.get(k)) for k in GROUP_KEYS)
         config = json.dumps({k: v for k, v in s.items() if k not in _NOT_METHOD}, sort_keys=True)
         mr = groups.setdefault(gkey, {}).setdefault(config, MethodRuns(_label(s), dict(s)))  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pqprune.experiment.settings import method_label
+from pqprune.files import finite_or_none
 from pqprune.report.phases import ACC_TOL, PHASE_RULE, PQI_TOL, UNKNOWN_PHASE, _phase_walk
 from pqprune.report.runs import Group, MethodRuns
 
@@ -31,6 +32,22 @@ def _diff(m: MethodRuns, retrained: str, pruned: str) -> np.ndarray:
     return m.column(retrained) - m.column(pruned)
 
 
+def min_density_within(
+    density: Sequence[float | None], accuracy: Sequence[float | None], tolerance: float = ACC_TOL
+) -> float | None:
+    """The smallest density among the rounds whose accuracy is at least the round-0 (dense) accuracy minus
+    ``tolerance`` (a fraction: 0.01 is one point); None when no round qualifies or round 0 has no accuracy.
+
+    An accuracy exactly ``tolerance`` below dense counts as within (a 1e-12 margin absorbs float rounding).
+    """
+    pairs = [(finite_or_none(d), finite_or_none(a)) for d, a in zip(density, accuracy)]
+    if not pairs or pairs[0][1] is None:
+        return None
+    dense = float(pairs[0][1])
+    ok = [float(d) for d, a in pairs if d is not None and a is not None and float(a) >= dense - tolerance - 1e-12]
+    return min(ok) if ok else None
+
+
 def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     """One method's line of the summary table, from its seed-mean trajectories.
 
@@ -43,29 +60,19 @@ def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     have = np.where(np.isfinite(acc) | np.isfinite(dens))[0]
     last = int(have[-1]) if len(have) else m.n_rounds - 1
     dense = acc[0] if len(acc) else math.nan
-    # 1e-12: an accuracy exactly one point below dense counts as within, whatever the float rounding.
-    ok = [
-        dens[t]
-        for t in range(len(acc))
-        if np.isfinite(acc[t]) and np.isfinite(dens[t]) and acc[t] >= dense - tolerance - 1e-12
-    ]
     labels, peak = _phase_walk(list(pqi), list(acc), PQI_TOL, ACC_TOL)
     return {
         "method": m.label,
         "seeds": len(m.rounds),
         "last_round": last,
-        "dense_accuracy": _num(dense),
-        "final_density": _num(dens[last]) if len(dens) else None,
-        "final_accuracy": _num(acc[last]) if len(acc) else None,
-        "final_accuracy_std": _num(acc_sd[last]) if len(acc_sd) else None,
-        "min_density_within_1pt": _num(min(ok)) if ok else None,
+        "dense_accuracy": finite_or_none(dense),
+        "final_density": finite_or_none(dens[last]) if len(dens) else None,
+        "final_accuracy": finite_or_none(acc[last]) if len(acc) else None,
+        "final_accuracy_std": finite_or_none(acc_sd[last]) if len(acc_sd) else None,
+        "min_density_within_1pt": min_density_within(list(dens), list(acc), tolerance),
         "pqi_peak_round": peak,
         "final_phase": labels[last] if labels else UNKNOWN_PHASE,
     }
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -126,7 +133,7 @@ def summary_markdown(groups: Sequence[Group]) -> str:
 
 
 def summarize(
-    runs: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]], tolerance: float = 0.01
+    runs: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]], tolerance: float = ACC_TOL
 ) -> list[dict[str, Any]]:
     """One summary row per run from ``(settings, rounds)``: final density and test accuracy, dense (round 0) test
     accuracy, and the smallest density whose test accuracy is within ``tolerance`` (1 point) of dense."""
@@ -135,11 +142,7 @@ def summarize(
         if not rounds:
             continue
         dense = rounds[0]["test_accuracy"]
-        ok = [
-            r["density"]
-            for r in rounds
-            if r["test_accuracy"] is not None and dense is not None and r["test_accuracy"] >= dense - tolerance
-        ]
+        within = min_density_within([r["density"] for r in rounds], [r["test_accuracy"] for r in rounds], tolerance)
         final = rounds[-1]
         rows.append(
             {
@@ -148,7 +151,7 @@ def summarize(
                 "dense_test_accuracy": dense,
                 "final_density": final["density"],
                 "final_test_accuracy": final["test_accuracy"],
-                "min_density_within_1pt": min(ok) if ok else None,
+                "min_density_within_1pt": within,
             }
         )
     return rows

@@ -42,14 +42,15 @@ Accuracies are fractions in [0, 1]. Accessors return plain dicts with JSON colum
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from pqprune.files import finite_or_none, json_safe
 
 SCHEMA_VERSION = 2
 # Statements that take a database of version v to v + 1; applied in order when an older database is opened.
@@ -140,24 +141,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _finite_or_none(x: Any) -> Any:
-    """SQLite has no NaN (it stores NULL); make that explicit so a NaN index reads back as None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _json(obj: Any) -> str:
     # allow_nan=False: NaN is not JSON; undefined statistics are written as null.
-    return json.dumps(_clean_json(obj), sort_keys=True, allow_nan=False)
-
-
-def _clean_json(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
-    return _finite_or_none(obj)
+    return json.dumps(json_safe(obj), sort_keys=True, allow_nan=False)
 
 
 class Store:
@@ -291,7 +277,8 @@ class Store:
 
         ``where={"method": "sap", "seed": 0}`` keeps runs whose settings have exactly those values.
         """
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if status is not None:
             clauses.append("r.status = ?")
             args.append(status)
@@ -299,7 +286,7 @@ class Store:
             if not str(key).isidentifier():
                 raise ValueError(f"setting names are identifiers, got {key!r}")
             clauses.append(f"json_extract(r.settings, '$.{key}') = ?")
-            args.append(value if not isinstance(value, bool) else int(value))
+            args.append(int(value) if isinstance(value, bool) else value)
         if run_ids is not None:
             clauses.append(f"r.run_id IN ({','.join('?' * len(run_ids))})" if run_ids else "0")
             args.extend(run_ids)
@@ -322,7 +309,7 @@ class Store:
         unknown = sorted(set(metrics) - set(ROUND_COLUMNS) - {"layers"})
         if unknown:
             raise ValueError(f"unknown round metrics {unknown}; known: {(*ROUND_COLUMNS, 'layers')}")
-        values = [_finite_or_none(metrics.get(c)) for c in ROUND_COLUMNS]
+        values = [finite_or_none(metrics.get(c)) for c in ROUND_COLUMNS]
         layers = _json(metrics.get("layers") or {})
         unit_rows = []
         for u in units:
@@ -335,7 +322,7 @@ class Store:
                     int(round_index),
                     str(u["unit"]),
                     int(u["d"]),
-                    _finite_or_none(float(u["pqi"])),
+                    finite_or_none(float(u["pqi"])),
                     int(u["r"]),
                     int(u["c"]),
                     int(bool(u["clipped"])),
@@ -415,12 +402,12 @@ def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 
 # ================================================================================================ theory studies
-# Section owned by the theory study (issue 6; pqprune.theory). Kept apart from the runs/rounds schema above:
+# Section owned by the theory study (pqprune.theory). Kept apart from the runs/rounds schema above:
 # the table is created lazily by the first write (CREATE TABLE IF NOT EXISTS inside that write's transaction), so
 # databases without it stay valid and the schema version is unchanged (a new table alters no existing one).
 #
 #   theory(                                              -- one row per Monte-Carlo cell: a random-network
-#     id INTEGER PRIMARY KEY,                            -- configuration at one tolerance ε (math.md §8)
+#     id INTEGER PRIMARY KEY,                            -- configuration at one tolerance ε (docs/math.md §8)
 #     study TEXT,                                        -- id shared by the cells of one `pqprune theory mc` call
 #     created_at TEXT,                                   -- ISO 8601, UTC
 #     settings TEXT,                                     -- JSON: the RandomNetSpec and the estimator's settings
@@ -499,7 +486,7 @@ def record_theory_cells(store: Store, cells: Sequence[Mapping[str, Any]]) -> Non
                 str(settings.get("study", "")),
                 _now(),
                 _json(settings),
-                *(_finite_or_none(cell[c]) for c in THEORY_COLUMNS),
+                *(finite_or_none(cell[c]) for c in THEORY_COLUMNS),
             )
         )
     cols = ", ".join(("study", "created_at", "settings", *THEORY_COLUMNS))
@@ -513,7 +500,7 @@ def theory_cells(store: Store, study: str | None = None) -> list[dict[str, Any]]
     exists = store._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'theory'").fetchone()
     if exists is None:
         return []
-    sql, args = "SELECT * FROM theory", ()
+    sql, args = "SELECT * FROM theory", cast(tuple[str, ...], ())
     if study is not None:
         sql, args = sql + " WHERE study = ?", (study,)
     return [_run_dict(row) for row in store._conn.execute(sql + " ORDER BY id", args).fetchall()]

@@ -20,7 +20,7 @@ DISTS = ("normal", "uniform")
 
 @dataclass(frozen=True)
 class RandomNetSpec:
-    """A random target network with i.i.d. weights and how it is pruned (math.md §8, [Qian21]).
+    """A random target network with i.i.d. weights and how it is pruned (docs/math.md §8, [Qian21]).
 
     * ``arch="fcn"``: ``F(x) = W_L σ(W_{L−1} … σ(W_1 x))``, ``depth = L`` layers, ``W_1: width × in_dim``,
       hidden ``width × width``, ``W_L: out_dim × width`` (``in_dim``/``out_dim`` default to ``width``).

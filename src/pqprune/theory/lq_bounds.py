@@ -63,7 +63,7 @@ def keep_largest_mask(w: Tensor, keep: Tensor, mask: Tensor | None = None) -> Te
 
 @dataclass
 class LqLayerBound:
-    """The ℓ_q bound rule applied to one layer (math.md §7). All tensors have one entry per output row."""
+    """The ℓ_q bound rule applied to one layer (docs/math.md §7). All tensors have one entry per output row."""
 
     name: str
     shape: tuple[int, ...]
@@ -264,7 +264,7 @@ def lq_network_bound(
             ]
             if other:
                 raise ValueError(f"hidden_bounds='data' replays ReLU activations; the model has {other}")
-    h = None
+    h: Tensor | None = None
     if data is not None:
         h = data.detach().reshape(data.shape[0], -1).to(torch.float64)
         if h.shape[1] != chain[0][1].shape[1]:
@@ -279,7 +279,7 @@ def lq_network_bound(
         if k < len(chain) - 1:
             if hidden_bounds == "propagate":
                 b_prev = float((w_pruned.abs().sum(1) * b_prev + bias.abs()).max())
-            else:
+            elif h is not None:
                 h = torch.relu(h @ w_pruned.T + bias)  # |σ(z)| ≤ |z|: ReLU gives the largest such bound
                 b_prev = float(h.abs().max())
     norms = [lb.op_norm for lb in layers]

@@ -105,7 +105,7 @@ def monte_carlo_grid(
     db: str | Path | None = None,
     progress: Callable[[GridCell], None] | None = None,
 ) -> list[GridCell]:
-    """Monte-Carlo study of the pruning gap over a grid [Qian21], math.md §8.
+    """Monte-Carlo study of the pruning gap over a grid [Qian21], docs/math.md §8.
 
     For each configuration ``(arch, width, depth, density, method)`` (a :class:`pqprune.theory.RandomNetSpec`
     with ``dist``; for ``arch="cnn"`` the width is the number of channels) one call of

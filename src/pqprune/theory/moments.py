@@ -48,7 +48,7 @@ def _norm_isf2(p: float) -> float:
 
 
 def _gauss_trunc_m2(a: float) -> float:
-    """``E[Z² 1{|Z| < a}] = (2Φ(a) − 1) − 2aφ(a)`` for Z ~ N(0,1), a ≥ 0 (math.md §8)."""
+    """``E[Z² 1{|Z| < a}] = (2Φ(a) − 1) − 2aφ(a)`` for Z ~ N(0,1), a ≥ 0 (docs/math.md §8)."""
     if a <= 0:
         return 0.0
     if a == math.inf:
@@ -59,7 +59,7 @@ def _gauss_trunc_m2(a: float) -> float:
 # ============================================================================ §8: exact per-layer moments
 @dataclass(frozen=True)
 class ErrorMoment:
-    """Exact moments of the error ``e = (W − W')x`` of one pruned layer (math.md §8)."""
+    """Exact moments of the error ``e = (W − W')x`` of one pruned layer (docs/math.md §8)."""
 
     second_moment: float  # E‖e‖²
     pruned_fraction: float  # expected fraction of weights set to 0
@@ -74,7 +74,7 @@ def _check_layer_args(m: int, x_norm: float) -> None:
 
 
 def magnitude_moment_uniform(tau: float, K: float = 1.0, m: int = 1, x_norm: float = 1.0) -> ErrorMoment:
-    """Magnitude pruning at threshold τ of ``W ~ U[−K, K]`` i.i.d. [Qian21], math.md §8:
+    """Magnitude pruning at threshold τ of ``W ~ U[−K, K]`` i.i.d. [Qian21], docs/math.md §8:
 
         E‖e‖² = m‖x‖² E[W² 1{|W|<τ}] = m‖x‖² τ³/(3K),   pruned fraction τ/K   (τ ≤ K).
 
@@ -90,7 +90,7 @@ def magnitude_moment_uniform(tau: float, K: float = 1.0, m: int = 1, x_norm: flo
 
 
 def magnitude_moment_normal(tau: float, sigma: float = 1.0, m: int = 1, x_norm: float = 1.0) -> ErrorMoment:
-    """Magnitude pruning at threshold τ of ``W ~ N(0, σ²)`` i.i.d. [Qian21], math.md §8, with ``a = τ/σ``:
+    """Magnitude pruning at threshold τ of ``W ~ N(0, σ²)`` i.i.d. [Qian21], docs/math.md §8, with ``a = τ/σ``:
 
         E‖e‖² = m‖x‖² σ² [(2Φ(a) − 1) − 2aφ(a)],   pruned fraction 2Φ(a) − 1.
 
@@ -107,7 +107,7 @@ def magnitude_moment_normal(tau: float, sigma: float = 1.0, m: int = 1, x_norm: 
 def random_moment(
     rho: float, second_moment_w: float = 1.0, m: int = 1, x_norm: float = 1.0, rescale: bool = False
 ) -> ErrorMoment:
-    """Random pruning with keep probability ρ (independent Bernoulli mask B) [Qian21], math.md §8:
+    """Random pruning with keep probability ρ (independent Bernoulli mask B) [Qian21], docs/math.md §8:
 
         W' = W·B:      E‖e‖² = m‖x‖² (1 − ρ) E[W²];
         W' = W·B/ρ:    E‖e‖² = m‖x‖² E[W²] (1 − ρ)/ρ   and  E e = 0 for any W distribution,

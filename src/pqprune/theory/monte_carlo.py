@@ -160,7 +160,7 @@ def monte_carlo_gap(
     steps: int = 40,
     seed: int = 0,
 ) -> MonteCarloResult:
-    """Monte-Carlo estimate of ``P(sup_{‖x‖≤1}‖F(x) − F'(x)‖ ≤ ε)`` [Qian21], math.md §8.
+    """Monte-Carlo estimate of ``P(sup_{‖x‖≤1}‖F(x) − F'(x)‖ ≤ ε)`` [Qian21], docs/math.md §8.
 
     ``n_draws`` independent (network, pruning) draws from ``spec`` (seeded by ``seed``; the same seed gives the
     same numbers); each gap by :func:`estimate_gap`; ``p̂ = #{gap ≤ ε}/N`` with its Wilson 95% interval, beside

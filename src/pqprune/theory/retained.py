@@ -42,7 +42,7 @@ def eta_r(w: Tensor, r: int, p: float = 0.5, mask: Tensor | None = None) -> floa
 
 
 def retained_bound_curve(w: Tensor, p: float = 0.5, q: float = 1.0, mask: Tensor | None = None) -> Tensor:
-    """Theorem-2 lower bound for every ``r = 1 … d`` with the exact ``η_r`` [Diao23, Theorem 2], math.md §4:
+    """Theorem-2 lower bound for every ``r = 1 … d`` with the exact ``η_r`` [Diao23, Theorem 2], docs/math.md §4:
 
         bound(r) = d · (1 + η_r)^{−q/(q−p)} · (1 − I_{p,q}(w))^{qp/(q−p)}  ≤  r.
 

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from pqprune.experiment.data.builtin import TEACHER_DISTS, make_teacher
 from pqprune.measure.indices import check_lq
-from pqprune.prune.methods.base import Method, Plan
+from pqprune.measure.weights import Masks, Scope
+from pqprune.prune.methods.base import Counts, Method, Plan, Weights
 from pqprune.prune.methods.lq import LqNeuron
 from pqprune.prune.methods.magnitude import OneShot
 from pqprune.prune.methods.sap import SAP
@@ -99,10 +100,10 @@ class _MagnitudeAtCounts(Method):
     def hparams(self) -> dict[str, Any]:
         return {"keep": dict(self.keep)}
 
-    def plan(self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], scope: str, round_: int) -> Plan:
+    def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
         if scope != "layer":
             raise ValueError("magnitude_at_counts works at layer scope")
-        counts: dict[str, int] = {}
+        counts: Counts = {}
         for n, w in weights.items():
             m = masks.get(n)
             alive = int(m.sum()) if m is not None else w.numel()
@@ -157,7 +158,7 @@ def teacher_study(
     n_test: int = 2048,
     methods: Sequence[str] = TEACHER_METHODS,
 ) -> TeacherStudy:
-    """Prune a teacher with controlled soft sparsity by each method; weights kept vs output error [Yang22], math.md §7.
+    """Prune a teacher with controlled soft sparsity by each method; weights kept vs output error [Yang22], docs/math.md §7.
 
     **Teacher** (:func:`pqprune.experiment.data.make_teacher`): ``x ↦ W_L relu(… relu(W_1 x))``, no biases, entries of each
     row i.i.d. Normal, Student-t(``df``) or Cauchy, rows scaled to ``‖w_i‖₁ = 1/c``. Heavier tails → a few large
@@ -175,7 +176,7 @@ def teacher_study(
       ``ε > 1/SI_q`` (heavy-tailed rows have a large ``SI_q``), and ``ε ≥ 1`` tolerates a per-neuron change as large
       as the trivial bound ``B‖w_i‖₁``.
     * ``lq_index`` — ``LqNeuron(rule="index", η=0)`` per neuron: retained fraction
-      ``m/d = SI_q^{−q/(1−q)}``, pruned fraction ``min(γ(1 − m/d), β)`` (math.md §7). At γ = 1 this is the bound
+      ``m/d = SI_q^{−q/(1−q)}``, pruned fraction ``min(γ(1 − m/d), β)`` (docs/math.md §7). At γ = 1 this is the bound
       rule at ε = 1 (same counts up to rounding): the index rule's "guarantee" is the trivial one.
     * ``sap`` — ``SAP(p=0.5, q=1, γ, β)`` at ``sap_scope``. (At neuron scope SAP(0.5, 1) *is* the index rule with
       q = 0.5, so the default compares it at layer scope.)

@@ -91,7 +91,7 @@ def _load_mnist1d(num_samples: int = 5000, data_seed: int = 42) -> _Raw:
 # --------------------------------------------------------------------------------------------- teacher
 @dataclass(frozen=True)
 class Teacher:
-    """A random ReLU network ``x -> W_L relu(... relu(W_1 x))`` without biases (math.md §7).
+    """A random ReLU network ``x -> W_L relu(... relu(W_1 x))`` without biases (docs/math.md §7).
 
     ``weights[i]`` has shape (out, in); every row has ℓ₁ norm ``1/c``, entries drawn from ``dist``.
     """
@@ -156,7 +156,7 @@ def make_teacher(
     c: float = 1.0,
     seed: int = 0,
 ) -> Teacher:
-    """A random teacher network (math.md §7). ``hidden=()`` gives a linear teacher, ``(h,)`` one hidden layer."""
+    """A random teacher network (docs/math.md §7). ``hidden=()`` gives a linear teacher, ``(h,)`` one hidden layer."""
     if input_dim < 1 or output_dim < 1 or any(h < 1 for h in hidden):
         raise ValueError(
             f"teacher sizes must be >= 1, got input_dim={input_dim} hidden={tuple(hidden)} output_dim={output_dim}"
@@ -185,7 +185,7 @@ def _load_teacher(
     task: Task = "regression",
     data_seed: int = 0,
 ) -> _Raw:
-    """Inputs uniform on [-1, 1]^d (so |x_j| <= B = 1, the bound of math.md §7) or standard normal; targets are
+    """Inputs uniform on [-1, 1]^d (so |x_j| <= B = 1, the bound of docs/math.md §7) or standard normal; targets are
     the teacher's outputs (+ Gaussian ``noise``) for ``task="regression"``, or their argmax for classification.
     The teacher is in ``extras["teacher"]``. ``data_seed`` fixes teacher and samples, independently of the split seed.
     """

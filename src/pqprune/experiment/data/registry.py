@@ -43,7 +43,7 @@ class Split(NamedTuple):
     x: Tensor
     y: Tensor
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:  # type: ignore[override,unused-ignore]
         return int(self.x.shape[0])
 
 

@@ -21,10 +21,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from pqprune.measure.weights import Scope, check_scope
+from pqprune.measure.weights import Masks, Scope, check_scope
 
 Weights = Mapping[str, Tensor]
-Masks = Mapping[str, Tensor]
 Counts = dict[str, "int | Tensor"]
 
 

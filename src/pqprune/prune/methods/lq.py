@@ -21,7 +21,7 @@ from pqprune.prune.select import magnitude_scores
 
 @register
 class LqNeuron(Method):
-    """ℓ_q adaptive pruning per neuron [Yang22], math.md §7, with soft sparsity via the ℓ_q quasi-norm, 0<q<1.
+    """ℓ_q adaptive pruning per neuron [Yang22], docs/math.md §7, with soft sparsity via the ℓ_q quasi-norm, 0<q<1.
 
     * ``rule="index"`` (as in the authors' code): retained fraction ``m/d = (1+η)^{−1/(1−q)}·SI_q^{−q/(1−q)}``
       with ``SI_q = 1/(1 − I_{q,1})``, i.e. SAP's arithmetic with ``(p, q) := (q, 1)``; pruned fraction
@@ -146,7 +146,11 @@ class LqNeuron(Method):
         units = unit_stats(weights, masks, scope, (q, 1.0))
         bounds = self._bounds(list(weights)) if self.rule == "bound" else {}
         self.last_bounds = bounds
-        d, idx, r, c, clipped = {}, {}, {}, {}, {}
+        d: dict[str, Tensor] = {}
+        idx: dict[str, Tensor] = {}
+        r: dict[str, Tensor] = {}
+        c: dict[str, Tensor] = {}
+        clipped: dict[str, Tensor] = {}
         for u, st in units.items():
             d[u] = st.count
             idx[u] = pq_from_sums(st.count, st.sums[q], st.sums[1.0], q, 1.0)
@@ -181,7 +185,7 @@ def lq_keep_counts(
     relative: bool = False,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Per-neuron keep counts of the ℓ_q bound rule [Yang22, Gao13], math.md §7.
+    """Per-neuron keep counts of the ℓ_q bound rule [Yang22, Gao13], docs/math.md §7.
 
     For row ``i`` of ``w.reshape(out, -1)`` with survivors ``d_i`` (``mask`` True) and ``t_i = ‖w_i‖_q``
     over the survivors, keeping the ``m`` largest magnitudes leaves an ℓ₁ tail ``≤ t_i·m^{1−1/q}`` [Gao13], so

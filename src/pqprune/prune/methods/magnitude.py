@@ -17,7 +17,7 @@ from pqprune.prune.select import magnitude_scores
 
 @register
 class LotteryTicket(Method):
-    """Iterative magnitude pruning with rewinding, the lottery ticket [Frankle & Carbin 2019], math.md §6.
+    """Iterative magnitude pruning with rewinding, the lottery ticket [Frankle & Carbin 2019], docs/math.md §6.
 
     Each round prunes ``c = floor(P·d)`` of each unit's ``d`` survivors, the smallest magnitudes of this
     round's trained weights; after t rounds ≈ ``(1−P)^t`` of the weights remain. ``rewind_step`` is the
@@ -52,7 +52,7 @@ class LotteryTicket(Method):
 
 @register
 class OneShot(Method):
-    """One-shot magnitude pruning, in the two forms of math.md §6 [Diao23 code, Frankle & Carbin 2019].
+    """One-shot magnitude pruning, in the two forms of docs/math.md §6 [Diao23 code, Frankle & Carbin 2019].
 
     * ``OneShot(ratio=P)`` — the paper's cumulative form: the mask of round t is the magnitude mask of the
       *round-0 dense trained* weights (captured at the first ``step()``) at cumulative sparsity
@@ -102,7 +102,7 @@ class OneShot(Method):
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
         sizes = unit_sizes(weights, scope)
         if self.target_density is not None:
-            rho = self.target_density
+            rho: float = self.target_density
             return fixed_ratio_plan(
                 weights, masks, scope, lambda u, d: d - torch.ceil(sizes[u] * rho - 1e-9), magnitude_scores(weights)
             )
@@ -110,7 +110,8 @@ class OneShot(Method):
             self.reference = {n: w.detach().clone() for n, w in weights.items()}
         if set(self.reference) != set(weights):
             raise ValueError(f"one_shot: reference weights are for {sorted(self.reference)}, got {sorted(weights)}")
-        sparsity = 1.0 - (1.0 - self.ratio) ** (round_ + 1)
+        ratio = self.ratio if self.ratio is not None else 0.0  # set whenever target_density is None
+        sparsity = 1.0 - (1.0 - ratio) ** (round_ + 1)
         keep = {u: D - torch.floor(D * sparsity + 1e-9) for u, D in sizes.items()}
         ref = {n: self.reference[n] for n in weights}  # the selection's flat order is the weights' order
         return fixed_ratio_plan(weights, masks, scope, lambda u, d: d - keep[u], magnitude_scores(ref))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pqprune.measure.weights import GLOBAL, Masks, Scope, check_scope
+from pqprune.measure.weights import GLOBAL, Masks, Scope, as_rows, check_scope
 from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
 from pqprune.prune.methods.registry import register
 from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, random_scores, ratio_count, unit_counts
@@ -16,7 +16,7 @@ from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, random_sc
 
 @register
 class RandomPruning(Method):
-    """Random pruning: ``c = floor(P·d)`` survivors per unit, uniformly at random (math.md §6, [Qian21]).
+    """Random pruning: ``c = floor(P·d)`` survivors per unit, uniformly at random (docs/math.md §6, [Qian21]).
 
     Reproducible: the draw depends only on ``(seed, round, tensor)``; a run draws with its own seed.
     """
@@ -55,16 +55,20 @@ class RandomMatched(Method):
 
     Each unit keeps as many entries as the reference keeps in that unit at the Pruner's scope, at random
     positions among the current survivors. ``reference`` is one reference or a sequence of them, round t matching
-    the t-th (the last one once exhausted). A reference is either masks (name → bool tensor: any scope) or
-    survivor counts per tensor (name → int: layer or global scope). In a run, ``--reference RUN_ID`` names
-    another run of the same model; round t matches the per-layer survivor counts of that run's round t + 1.
+    the t-th (the last one once exhausted). A reference maps each weight to its masks (bool tensor: any scope),
+    its survivor count per row (1-D integer tensor, one entry per output row: any scope) or its survivor count
+    (int: layer or global scope). In a run, ``--reference RUN_ID`` names another run of the same model; round t
+    matches that run's round t + 1: per layer, or per neuron at neuron scope (the reference must then be a
+    neuron-scope run, whose per-neuron decisions are recorded).
     """
 
     name: ClassVar[str] = "random_matched"
     rank: ClassVar[int] = 4
     aliases: ClassVar[tuple[str, ...]] = ("rm", "random-matched")
     options: ClassVar[tuple[Option, ...]] = (
-        Option("reference", str, None, "run id whose per-layer survivor counts are matched round by round"),
+        Option(
+            "reference", str, None, "run id whose survivor counts (per layer or per neuron) are matched round by round"
+        ),
     )
     label_format: ClassVar[str] = "RandomMatched"
     default_scope: ClassVar[str] = "layer"
@@ -82,12 +86,16 @@ class RandomMatched(Method):
         for i, ref in enumerate(refs):
             clean: dict[str, Tensor | int] = {}
             for n, m in ref.items():
-                if isinstance(m, Tensor):
+                if isinstance(m, Tensor) and m.dim() == 1 and not m.dtype.is_floating_point and m.dtype != torch.bool:
+                    clean[n] = m.to(torch.int64)  # survivors per row: a prunable weight has >= 2 dims, never 1
+                elif isinstance(m, Tensor):
                     clean[n] = m != 0
                 elif isinstance(m, int) and not isinstance(m, bool) and m >= 0:
                     clean[n] = m
                 else:
-                    raise TypeError(f"reference {n!r} (set {i}) is a {type(m).__name__}, not a mask or a count >= 0")
+                    raise TypeError(
+                        f"reference {n!r} (set {i}) is a {type(m).__name__}, not a mask, per-row counts or a count >= 0"
+                    )
             self.reference.append(clean)
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
@@ -107,8 +115,6 @@ class RandomMatched(Method):
         if not options.get("reference"):
             raise ValueError("random_matched needs --reference RUN_ID (the run whose counts it matches)")
         check_scope(scope)
-        if scope == "neuron":
-            raise ValueError("random_matched in a run matches per-layer counts: use --scope layer or global")
 
     def hparams(self) -> dict[str, Any]:
         return {"seed": self.seed, "reference_sets": len(self.reference)}
@@ -116,7 +122,9 @@ class RandomMatched(Method):
     def check_scope(self, scope: str) -> None:
         super().check_scope(scope)
         if scope == "neuron" and any(not isinstance(v, Tensor) for ref in self.reference for v in ref.values()):
-            raise ValueError("random_matched: neuron scope needs reference masks, not per-layer counts")
+            raise ValueError(
+                "random_matched: neuron scope needs reference masks or per-row counts, not per-layer counts"
+            )
 
     def _kept(self, weights: Weights, ref: Mapping[str, Tensor | int], scope: Scope) -> dict[str, Tensor]:
         missing = sorted(set(weights) - set(ref))
@@ -124,9 +132,17 @@ class RandomMatched(Method):
         if missing or unknown:
             raise ValueError(f"random_matched: the reference lacks {missing} and names unknown parameters {unknown}")
         masks: dict[str, Tensor] = {}
+        rows: dict[str, Tensor] = {}
         for n, w in weights.items():
             m = ref[n]
-            if isinstance(m, Tensor):
+            if isinstance(m, Tensor) and m.dtype != torch.bool:
+                r = as_rows(w)
+                if m.shape != (r.shape[0],) or bool((m < 0).any()) or bool((m > r.shape[1]).any()):
+                    raise ValueError(
+                        f"random_matched: reference row counts of {n!r} must be {r.shape[0]} values in [0, {r.shape[1]}]"
+                    )
+                rows[n] = m
+            elif isinstance(m, Tensor):
                 if m.shape != w.shape:
                     raise ValueError(
                         f"random_matched: reference mask {n!r} has shape {tuple(m.shape)}, the weight has {tuple(w.shape)}"
@@ -136,6 +152,9 @@ class RandomMatched(Method):
                 raise ValueError(f"random_matched: the reference keeps {m} entries of {n!r}, which has {w.numel()}")
         if len(masks) == len(weights):
             return unit_counts(weights, masks, scope)
+        if scope == "neuron" and len(masks) + len(rows) == len(weights):
+            from_masks = unit_counts({n: weights[n] for n in masks}, masks, scope)
+            return {n: from_masks[n] if n in masks else rows[n].to(torch.float64) for n in weights}
         self.check_scope(scope)
         per = {
             n: torch.tensor([float(m.sum()) if isinstance(m, Tensor) else float(m)], dtype=torch.float64)

@@ -6,6 +6,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.weights import Masks, Scope
@@ -17,7 +18,7 @@ from pqprune.prune.select import magnitude_scores
 
 @register
 class SAP(Method):
-    """Sparsity-informed Adaptive Pruning [Diao23, Algorithm 1], math.md §5.
+    """Sparsity-informed Adaptive Pruning [Diao23, Algorithm 1], docs/math.md §5.
 
     Per unit with ``d`` survivors and PQ Index ``I = I_{p,q}`` of the survivors:
 
@@ -56,7 +57,11 @@ class SAP(Method):
     def plan(self, weights: Weights, masks: Masks, scope: Scope, round_: int) -> Plan:
         p, q = self.p, self.q
         units = unit_stats(weights, masks, scope, (p, q))
-        d, idx, r, c, clipped = {}, {}, {}, {}, {}
+        d: dict[str, Tensor] = {}
+        idx: dict[str, Tensor] = {}
+        r: dict[str, Tensor] = {}
+        c: dict[str, Tensor] = {}
+        clipped: dict[str, Tensor] = {}
         for u, st in units.items():
             d[u] = st.count
             idx[u] = pq_from_sums(st.count, st.sums[p], st.sums[q], p, q)

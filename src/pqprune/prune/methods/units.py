@@ -10,14 +10,14 @@ import torch
 from torch import Tensor
 
 from pqprune.measure.indices import sap_prune_count
-from pqprune.measure.sums import RowStats, power_sums_of, reduce_scope
+from pqprune.measure.sums import UnitStats, power_sums_of, reduce_scope
 from pqprune.measure.weights import GLOBAL, Scope, as_rows
 from pqprune.prune.methods.base import Counts, Masks, Plan, UnitRecord, Weights
 from pqprune.prune.select import LazyScores
 
 
 # --------------------------------------------------------------------------------------------- unit helpers
-def unit_stats(weights: Weights, masks: Masks, scope: Scope, exponents: Sequence[float]) -> dict[str, RowStats]:
+def unit_stats(weights: Weights, masks: Masks, scope: Scope, exponents: Sequence[float]) -> UnitStats:
     """Survivor counts and float64 power sums per unit, from one read of the weights."""
     return reduce_scope(power_sums_of(weights, exponents, masks), scope)
 
