@@ -115,8 +115,20 @@ def _gini_rows(mags: Tensor, count: Tensor) -> Tensor:
 
 
 def _layer_runs(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]) -> dict[str, tuple[Tensor, float]]:
-    """Name → (sorted magnitudes with pruned entries at 0, survivors), one sort per tensor."""
-    return {n: (_sorted(_magnitudes(w, masks[n], n)), _survivors(w, masks[n])) for n, w in weights.items()}
+    """Name → (sorted magnitudes with pruned entries at 0, survivors), one sort per tensor.
+
+    NaN and infinite magnitudes sort last, so the last entry tells whether a survivor is one (a pruned one is 0).
+    """
+    out = {}
+    for n, w in weights.items():
+        a = w.abs().to(torch.float64 if w.dtype == torch.float64 else torch.float32)
+        if (m := masks[n]) is not None:
+            a.masked_fill_(m.logical_not(), 0.0)
+        x = _sorted(a)
+        if x.numel() and not math.isfinite(float(x[-1])):
+            raise ValueError(f"tensor {n!r} has NaN or infinite surviving entries")
+        out[n] = (x, _survivors(w, m))
+    return out
 
 
 def gini_layers_and_global(obj: WeightSource, masks: Masks | None = None) -> tuple[dict[str, float], float]:
