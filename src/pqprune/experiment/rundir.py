@@ -157,6 +157,14 @@ class RunDir:
             raise FileFormatError(f"{self.tensors(t)}: masks named in {self.json(t)} are missing ({err})") from err
         return t, state, masks
 
+    def settings_document(self) -> dict[str, Any]:
+        """The whole ``settings.json`` (run id, run hash, settings), format-checked.
+
+        Raises:
+            FileFormatError: it is missing, unreadable, of another format or of a newer version.
+        """
+        return read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
+
     def settings(self) -> dict[str, Any] | None:
         """The run's settings as saved in ``settings.json``; None when it is missing or unreadable.
 
@@ -164,8 +172,7 @@ class RunDir:
             FileFormatError: the file is of a newer format version than this pqprune reads.
         """
         try:
-            doc = read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
-            return doc["settings"]
+            return self.settings_document()["settings"]
         except FileFormatError as err:
             if "newer than this pqprune reads" in str(err):
                 raise
