@@ -141,3 +141,21 @@ def test_theory_studies_write_their_format(tmp_path: Path) -> None:
         TEACHER_FORMAT,
         [{"settings": {"width": 3}, "seconds": None, "points": []}],
     )
+
+
+def test_a_run_folders_masks_are_checked_against_its_weights(tmp_path: Path) -> None:
+    from pqprune.experiment.rundir import _write_round_json, _write_round_tensors
+
+    rd = _rundir(tmp_path)
+    good = {"fc.weight": W["fc.weight"] > 2}
+    skeleton = _write_round_tensors(rd, 1, W, {"masks": good})
+    _write_round_json(rd, 1, {"round": 1, "pruner": skeleton}, keep="all")
+    t, state, masks = rd.last_checkpoint()
+    assert (
+        t == 1
+        and torch.equal(state["fc.weight"], W["fc.weight"])
+        and torch.equal(masks["fc.weight"], good["fc.weight"])
+    )
+    _write_round_tensors(rd, 1, W, {"masks": {"fc.weight": torch.ones(3, 2, dtype=torch.bool)}})
+    with pytest.raises(FileFormatError, match=r"round_001.safetensors: mask for 'fc.weight' has shape \(3, 2\)"):
+        rd.last_checkpoint()

@@ -76,3 +76,44 @@ def test_plotting_leaves_the_callers_backend_and_pyplot_alone(tmp_path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def _mask_entry_points() -> dict:
+    """Every place a set of masks comes in, as ``f(name → mask)`` against one 2×3 weight named ``fc.weight``."""
+    from torch import nn
+
+    from pqprune.export import apply_masks, pruned_copy
+    from pqprune.measure.weights import check_masks
+    from pqprune.prune.masks import MaskSet, to_torch_prune
+    from pqprune.prune.select import smallest_global, smallest_in_rows
+    from pqprune.theory.lq_bounds import keep_largest_mask
+
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(3, 2))
+    w = model.fc.weight.detach()
+    state = {"fc.weight": w}
+    return {
+        "check_masks": lambda m: check_masks(state, m),
+        "MaskSet": lambda m: MaskSet(model).update(m, allow_regrow=True),
+        "apply_masks": lambda m: apply_masks(state, m),
+        "pruned_copy": lambda m: pruned_copy(model, m),
+        "to_torch_prune": lambda m: to_torch_prune(state, m),
+        "smallest_global": lambda m: smallest_global(state, 0, m),
+        "smallest_in_rows": lambda m: smallest_in_rows(w, 0, m.get("fc.weight"), "fc.weight"),
+        "keep_largest_mask": lambda m: keep_largest_mask(w, torch.tensor([1, 1]), m.get("fc.weight")),
+    }
+
+
+@pytest.mark.parametrize("entry", list(_mask_entry_points()))
+def test_one_mask_check_behind_every_entry_point(entry: str) -> None:
+    use = _mask_entry_points()[entry]
+    use({"fc.weight": torch.tensor([[True, False, True], [True, True, False]])})  # a good mask passes
+    with pytest.raises(ValueError, match=r"mask for '(fc\.weight|w)' has shape \(3, 2\), the weight has \(2, 3\)"):
+        use({"fc.weight": torch.ones(3, 2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"mask for '(fc\.weight|w)' must be bool"):
+        use({"fc.weight": torch.full((2, 3), 0.5)})
+    if entry not in ("smallest_in_rows", "keep_largest_mask"):  # one tensor, no names
+        with pytest.raises(
+            ValueError, match=r"unknown [a-z ]+ name\(s\) \['fc9\.weight'\]; the [a-z ]+s are \['fc\.weight'"
+        ):
+            use({"fc9.weight": torch.ones(2, 3, dtype=torch.bool)})

@@ -24,6 +24,7 @@ from pqprune.files import (
     save_json_document,
     save_tensors,
 )
+from pqprune.measure.weights import match_masks
 
 CHECKPOINT_FORMAT = "pqprune.round"  # a round's JSON and its tensors
 CHECKPOINT_VERSION = 1
@@ -155,7 +156,10 @@ class RunDir:
             masks = {name: tensors[leaf["__tensor__"]] for name, leaf in skeleton.items()}
         except (KeyError, TypeError) as err:
             raise FileFormatError(f"{self.tensors(t)}: masks named in {self.json(t)} are missing ({err})") from err
-        return t, state, masks
+        try:
+            return t, state, match_masks(state, masks, str(self.tensors(t)), what="model weight")
+        except ValueError as err:
+            raise FileFormatError(str(err)) from err
 
     def settings_document(self) -> dict[str, Any]:
         """The whole ``settings.json`` (run id, run hash, settings), format-checked.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor
 
-from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_scope
+from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_mask, check_scope, match_masks
 
 Counts = Mapping[str, "int | Tensor"]
 
@@ -91,9 +91,7 @@ def _dead_to_inf(s: Tensor, alive: Tensor | None) -> Tensor:
     return s
 
 
-def _check_scores(name: str, s: Tensor, alive: Tensor | None) -> None:
-    if alive is not None and alive.shape != s.shape:
-        raise ValueError(f"mask for {name!r} has shape {tuple(alive.shape)}, its scores have {tuple(s.shape)}")
+def _check_scores(name: str, s: Tensor) -> None:
     if torch.isnan(s).any():
         raise ValueError(f"scores of {name!r} contain NaN")
 
@@ -151,7 +149,7 @@ def smallest_in_rows(scores: Tensor, k: Tensor | int, alive: Tensor | None = Non
     broken by column index. Returns a mask of ``scores``' shape. O(n): one partition per distinct ``k``.
     """
     rows = as_rows(scores)
-    arows = as_rows(alive) if alive is not None else None
+    arows = as_rows(check_mask(name, alive, scores.shape)) if alive is not None else None
     n_rows = rows.shape[0]
     k = torch.as_tensor(k, dtype=torch.int64).reshape(-1).to(rows.device)
     if k.numel() == 1 and n_rows != 1:
@@ -168,7 +166,7 @@ def smallest_in_rows(scores: Tensor, k: Tensor | int, alive: Tensor | None = Non
         sub = rows if todo.numel() == n_rows else rows[todo]
         work = sub.to(_score_dtype(sub), copy=True)  # the one copy: partitioned in place
         sub_alive = None if arows is None else (arows if todo.numel() == n_rows else arows[todo])
-        _check_scores(name, work, sub_alive)
+        _check_scores(name, work)
         _dead_to_inf(work, sub_alive)
         v = _kth_values(work, k[todo])
         del work
@@ -198,16 +196,12 @@ def smallest_global(
     score tensor is read twice (``scores`` may be a :class:`LazyScores`); one float copy of all scores exists at
     a time and is freed before the compare pass.
     """
-    alive = alive or {}
     names = list(scores)
     if not names:
         raise ValueError("global selection over no tensors")
     meta = {n: _meta(scores, n) for n in names}
-    for n in names:
-        a = alive.get(n)
-        if a is not None and a.shape != meta[n][0]:
-            raise ValueError(f"mask for {n!r} has shape {tuple(a.shape)}, its scores have {tuple(meta[n][0])}")
-    n_alive = sum(int(torch.count_nonzero(a)) if (a := alive.get(n)) is not None else meta[n][0].numel() for n in names)
+    live = match_masks({n: meta[n][0] for n in names}, alive or {}, what="scored tensor")
+    n_alive = sum(int(torch.count_nonzero(a)) if (a := live.get(n)) is not None else meta[n][0].numel() for n in names)
     if not 0 <= k <= n_alive:
         raise ValueError(f"global: cannot prune {k} of the {n_alive} survivors")
     if k == 0:
@@ -231,7 +225,7 @@ def smallest_global(
                 raise ValueError(f"scores of {n!r} are float64 but were declared {dtype}")
             part.copy_(s.reshape(-1))
             del s
-        _dead_to_inf(part, None if (a := alive.get(n)) is None else a.reshape(-1))
+        _dead_to_inf(part, None if (a := live.get(n)) is None else a.reshape(-1))
         off += size
     if buf.device.type == "cpu":
         arr = buf.numpy()
@@ -251,7 +245,7 @@ def smallest_global(
         s = scores[n]
         b, e = s < v, s == v
         del s
-        a = alive.get(n)
+        a = live.get(n)
         if a is not None:
             b &= a
             e &= a
