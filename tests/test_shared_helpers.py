@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+from pqprune.experiment.settings import SettingsError, parse_assignment, parse_assignments, parse_value
 from pqprune.files import finite_or_none, json_safe
 from pqprune.report.summary import min_density_within
 
@@ -48,6 +48,14 @@ def test_a_bad_assignment_names_the_option(item: str) -> None:
 )
 def test_values_read_as_json_then_yaml_lists_else_text(text: str, value: object) -> None:
     assert parse_value(text) == value
+
+
+def test_a_list_of_assignments_reads_keys_and_values_and_the_last_one_wins() -> None:
+    got = parse_assignments(["seed=0", "method=sap", "hidden=[64, 64]", "target-density=0.1", "seed=2"], "--where")
+    assert got == {"seed": 2, "method": "sap", "hidden": [64, 64], "target_density": 0.1}
+    assert parse_assignments([], "--set") == {}
+    with pytest.raises(SettingsError, match=r"--model-option takes KEY=VALUE with KEY a name, got 'width'"):
+        parse_assignments(["depth=2", "width"], "--model-option")
 
 
 def test_min_density_within_one_point_of_dense() -> None:
