@@ -133,17 +133,14 @@ def check_format(
 
     ``what`` names the kind of file in errors ("mask file", "round checkpoint", …). Files written by pqprune 0.1.0
     carry no version, some no format either: ``unversioned`` is the version such a file is read as (None: the
-    version and the format are required), and with it a header without a format is read as ``fmt``. Round JSON
-    documents and pruner states of 0.1.0 kept their version under ``"version"``.
+    version is required). Round JSON documents and pruner states of 0.1.0 kept their version under ``"version"``.
 
     Raises:
         FileFormatError: naming ``path``: another format, an unreadable version, or one newer than this reads.
     """
     found = header.get("format")
     raw = header.get("format_version", header.get("version"))
-    if found is None and unversioned is not None:
-        found = fmt  # 0.1.0 named no format in settings.json and the pruner's state
-    if raw is None and unversioned is not None and found == fmt:
+    if raw is None and unversioned is not None and found in (None, fmt):
         return unversioned
     if found != fmt:
         raise FileFormatError(f"{path}: not a pqprune {what} (format={found!r}, expected {fmt!r})")

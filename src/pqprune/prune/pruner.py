@@ -237,7 +237,8 @@ class Pruner:
                 pqprune 0.1.0 (``"version"`` only) is read as version 1.
             ValueError: it lacks entries, or is for another method, scope or model.
         """
-        check_format(state, "pruner state", STATE_FORMAT, STATE_VERSION, "Pruner state", unversioned=1)
+        header = {"format": STATE_FORMAT, **state} if "format" not in state else state  # 0.1.0 named no format
+        check_format(header, "pruner state", STATE_FORMAT, STATE_VERSION, "Pruner state", unversioned=1)
         missing = {"method", "scope", "round", "masks", "method_state", "initial"} - set(state)
         if missing:
             raise ValueError(f"pruner state lacks {sorted(missing)}")
