@@ -10,7 +10,6 @@ rank 0 writes files and the database. The number of processes is not part of the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import time
@@ -141,9 +140,9 @@ def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
     done = rd.finished_rounds()
     if done:
         try:
-            saved = json.loads((rd.path / "settings.json").read_text())
-        except (OSError, ValueError) as err:
-            raise FileFormatError(f"{rd.path}: has round checkpoints but no readable settings.json ({err})") from err
+            saved = rd.settings_document()
+        except FileFormatError as err:
+            raise FileFormatError(f"{rd.path}: has round checkpoints but no usable settings.json ({err})") from err
         if saved.get("run_hash") != run_hash:
             raise FileFormatError(f"{rd.path}: holds run {saved.get('run_hash')}, not {run_hash}; move the folder away")
     last_done = max((t for t in done if t <= res.rounds), default=None)

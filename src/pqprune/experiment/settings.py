@@ -45,6 +45,16 @@ def parse_assignment(item: str, what: str) -> tuple[str, str]:
     return key, value.strip()
 
 
+def parse_assignments(items: Iterable[str], what: str) -> dict[str, Any]:
+    """``["seed=0", "method=sap"]`` → ``{"seed": 0, "method": "sap"}``: each item read by :func:`parse_assignment`,
+    each value by :func:`parse_value`; a later item overrides an earlier one with the same key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_assignment(item, what)
+        out[key] = parse_value(value)
+    return out
+
+
 def parse_value(text: str) -> Any:
     """A value typed on the command line: JSON first (``0`` → 0, ``1e-3`` → 0.001, ``true`` → True, ``[64, 64]``),
     then YAML for unquoted lists (``[a, b]``); anything else stays the text (``sap`` → "sap")."""

@@ -23,6 +23,7 @@ from pqprune.measure.weights import (
     as_rows,
     check_masks,
     check_scope,
+    match_masks,
     named_weights,
     prunable_weights,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "gini_layers_and_global",
     "hoyer",
     "lq_index",
+    "match_masks",
     "named_weights",
     "power_sums",
     "power_sums_of",

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
-from pqprune.measure.weights import check_mask, prunable_weights
+from pqprune.measure.weights import check_mask, match_masks, prunable_weights
 
 MASK_FORMAT = "pqprune.masks"
 MASK_FORMAT_VERSION = 1
@@ -213,16 +213,8 @@ class MaskSet:
     # ------------------------------------------------------------------ changing masks
     def validate(self, masks: Mapping[str, Tensor], source: str = "masks") -> dict[str, Tensor]:
         """Check names, shapes and values of ``masks`` against the model; returns bool masks on the right device."""
-        unknown = sorted(set(masks) - set(self._masks))
-        if unknown:
-            raise ValueError(f"{source}: unknown parameter name(s) {unknown}; masked parameters are {self.names}")
-        out = {}
-        for n, m in masks.items():
-            if not isinstance(m, Tensor):
-                raise TypeError(f"{source}: mask for {n!r} is a {type(m).__name__}, not a tensor")
-            ref = self._masks[n]
-            out[n] = check_mask(n, m, ref.shape, source, allow_01=True).to(ref.device)
-        return out
+        checked = match_masks(self._masks, masks, source, allow_01=True, what="masked parameter")
+        return {n: m.to(self._masks[n].device) for n, m in checked.items()}
 
     def update(self, masks: Mapping[str, Tensor], allow_regrow: bool = False) -> None:
         """Replace masks by name. Masks only shrink unless ``allow_regrow`` (e.g. loading a checkpoint)."""
@@ -403,9 +395,7 @@ def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def to_torch_prune(state_dict: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``name`` → ``name_orig`` (the weights) and ``name_mask`` (float 0/1), as ``torch.nn.utils.prune`` stores them."""
-    missing = sorted(set(masks) - set(state_dict))
-    if missing:
-        raise ValueError(f"masks name entries missing from the state dict: {missing}")
+    masks = match_masks(state_dict, masks, allow_01=True, what="state dict entry")
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         if k in masks:

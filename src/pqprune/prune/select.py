@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_scope
+from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_mask, check_scope, match_masks
 
 Counts = Mapping[str, "int | Tensor"]
 
@@ -155,7 +155,7 @@ def smallest_in_rows(scores: Tensor, k: Tensor | int, alive: Tensor | None = Non
     broken by column index. Returns a mask of ``scores``' shape. O(n): one partition per distinct ``k``.
     """
     rows = as_rows(scores)
-    arows = as_rows(alive) if alive is not None else None
+    arows = as_rows(check_mask(name, alive, scores.shape)) if alive is not None else None
     n_rows = rows.shape[0]
     k = torch.as_tensor(k, dtype=torch.int64).reshape(-1).to(rows.device)
     if k.numel() == 1 and n_rows != 1:
@@ -386,16 +386,12 @@ def _global_keep(
     scores: Mapping[str, Tensor], k: int, alive: Mapping[str, Tensor | None] | None = None
 ) -> dict[str, Tensor]:
     """Survivor masks after pruning the ``k`` smallest surviving scores over all tensors (see :func:`global_masks`)."""
-    alive = alive or {}
     names = list(scores)
     if not names:
         raise ValueError("global selection over no tensors")
-    for n in names:
-        a = alive.get(n)
-        shape = scores.source(n).shape if isinstance(scores, LazyScores) else scores[n].shape
-        if a is not None and a.shape != shape:
-            raise ValueError(f"mask for {n!r} has shape {tuple(a.shape)}, its scores have {tuple(shape)}")
-    stream, score = _stream_of(scores, alive, names)
+    shapes = {n: scores.source(n).shape if isinstance(scores, LazyScores) else scores[n].shape for n in names}
+    live = match_masks(shapes, alive or {}, what="scored tensor")
+    stream, score = _stream_of(scores, live, names)
     return dict(zip(names, global_masks(stream, k, score)))
 
 
