@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail
+from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail, stopped
 from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
 from pqprune.cli.progress import _RunDisplay
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
@@ -37,12 +37,13 @@ def run_command(
     from pqprune.experiment.distributed import DistributedError, launch_rank
     from pqprune.experiment.rundir import RunBusy
     from pqprune.experiment.settings import RunSettings
+    from pqprune.experiment.signals import sigterm_as_interrupt
 
     # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
     main_rank = launch_rank() == 0
     try:
         run_settings = RunSettings.from_dict(_base_settings(config, settings, data_option, model_option))
-        with _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
+        with sigterm_as_interrupt(), _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
             result = run_experiment(run_settings, db, runs_dir, progress=display)
     except _input_errors() as err:
         if not main_rank:  # every rank sees the same bad input: one message is enough
@@ -51,11 +52,8 @@ def run_command(
     except (RunBusy, DistributedError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(code=1) from None
-    except KeyboardInterrupt:
-        err_console.print(
-            "interrupted: the last finished round is saved; rerun the same command to resume", highlight=False
-        )
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "the last finished round is saved; rerun the same command to resume")
     if not main_rank:
         return
     if as_json:
@@ -98,6 +96,7 @@ def sweep_command(
     import json
 
     from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
+    from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import expand_grid, run_sweep
     from pqprune.prune.methods.registry import option_names
 
@@ -113,13 +112,12 @@ def sweep_command(
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
             grid[key] = _split_list(values)
         runs = expand_grid(fixed, grid)
-        with _RunDisplay(enabled=not quiet and not as_json) as display:
+        with sigterm_as_interrupt(), _RunDisplay(enabled=not quiet and not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
     except _input_errors() as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are saved; rerun the same command to resume", highlight=False)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "finished rounds are saved; rerun the same command to resume")
     if as_json:
         typer.echo(
             json.dumps([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items], indent=2)
@@ -250,6 +248,7 @@ def demo_command(
     import json
     import time
 
+    from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import demo_settings, run_sweep
     from pqprune.report.summary import summarize
     from pqprune.store.database import Store
@@ -257,16 +256,15 @@ def demo_command(
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)
     try:
-        with _RunDisplay(enabled=not as_json) as display:
+        with sigterm_as_interrupt(), _RunDisplay(enabled=not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
         with Store(db) as store:
             rows = summarize([(s.resolved().to_dict(), store.rounds(s.run_id())) for s in runs])
             phases = _phase_totals(store, [s.run_id() for s in runs])
     except _input_errors() as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are saved; rerun `pqprune demo` to resume", highlight=False)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "finished rounds are saved; rerun `pqprune demo` to resume")
     seconds = time.perf_counter() - start
     report_index = _demo_report(db, runs_dir, runs)  # the demo ends with the report of its runs
     if as_json:
