@@ -10,6 +10,7 @@ from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
 from pqprune.cli.progress import _RunDisplay
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
+from pqprune.store.database import STATUSES
 
 
 @app.command("run")
@@ -123,16 +124,43 @@ def sweep_command(
             json.dumps([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items], indent=2)
         )
     else:
-        from rich.table import Table
-
-        table = Table(title=f"sweep of {len(items)} runs")
-        for col in ("run", "method", "status", "message"):
-            table.add_column(col)
-        for i in items:
-            table.add_row(i.run_id, i.settings.resolved().method, i.status, i.message or "")
-        Console().print(table)
+        _print_sweep_summary(items)
     if any(i.status == "failed" for i in items):
         raise typer.Exit(code=1)
+
+
+def _varying_settings(settings: list[dict], labels: list[str]) -> list[str]:
+    """The settings that tell apart runs of the same method label (scope, seed, a method option not in the
+    label, …), in the settings' order; where-to-compute settings never count."""
+    from pqprune.experiment.settings import NOT_IDENTITY
+
+    keys = list(dict.fromkeys(k for s in settings for k in s if k not in NOT_IDENTITY and k != "method"))
+    varying = []
+    for key in keys:
+        seen: dict[str, set[str]] = {}
+        for s, label in zip(settings, labels):
+            if key in s:
+                seen.setdefault(label, set()).add(repr(s[key]))
+        if any(len(values) > 1 for values in seen.values()):
+            varying.append(key)
+    return varying
+
+
+def _print_sweep_summary(items: list) -> None:
+    """One row per run: its id, method, the settings that differ between runs of one method, status, message."""
+    from pqprune.experiment.settings import method_label
+
+    settings = [i.settings.resolved().to_dict() for i in items]
+    labels = [method_label(s) for s in settings]
+    varying = _varying_settings(settings, labels)
+    headers = ("run", "method", *varying, "status", "message")
+    cells = [
+        [i.run_id, label, *(str(s.get(k, "–")) for k in varying), i.status, i.message or ""]
+        for i, s, label in zip(items, settings, labels)
+    ]
+    out = Console()
+    out.print(f"sweep of {len(items)} runs", highlight=False)
+    out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
 
 
 def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[dict]:
@@ -145,8 +173,9 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
     if not Path(db).exists():
         fail(f"no results database at {db} (run `pqprune run` first, or pass --db)")
     rows = []
+    stored = "running" if status == "stale" else status  # a stale run is one stored as running that nobody runs
     with Store(db) as store:
-        for run in store.list_runs(status=status, where=where):
+        for run in store.list_runs(status=stored, where=where):
             rounds = store.rounds(run["run_id"])
             s = run["settings"]
             last = rounds[-1] if rounds else {}
@@ -171,7 +200,11 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
                     "message": run["message"],
                 }
             )
-    return rows
+    return [r for r in rows if status is None or r["status"] == status]
+
+
+# What the `runs` table can show: the stored statuses, and "stale" for a run stored as running that no process holds.
+SHOWN_STATUSES = (*STATUSES, "stale")
 
 
 @app.command("runs")
@@ -181,7 +214,7 @@ def runs_command(
         "runs", "--runs-dir", help="Folder of the runs' checkpoints (to tell live runs from killed ones)."
     ),
     status: str | None = typer.Option(
-        None, "--status", help="Only runs with this status: running, finished, failed, interrupted."
+        None, "--status", help=f"Only runs with this status: {', '.join(SHOWN_STATUSES)}."
     ),
     method: str | None = typer.Option(
         None, "--method", help="Only runs of this method (a name or alias: sap, lt, lottery_ticket, …)."
@@ -194,10 +227,9 @@ def runs_command(
     import json
 
     from pqprune.report.runs import ReportError, canonical_where
-    from pqprune.store.database import STATUSES
 
-    if status is not None and status not in STATUSES:
-        fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status is not None and status not in SHOWN_STATUSES:
+        fail(f"--status must be one of {', '.join(SHOWN_STATUSES)}, got {status!r}")
     where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
     try:
         where = canonical_where(where)  # any alias names the method: lottery_ticket, LT → lt
