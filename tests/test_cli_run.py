@@ -185,3 +185,60 @@ def test_ctrl_c_exits_130_with_a_resume_hint(
     monkeypatch.setattr("pqprune.experiment.run_experiment", interrupted)
     r = runner.invoke(app, ["run", *TINY, *out_args])
     assert r.exit_code == 130 and "rerun the same command to resume" in r.stderr
+
+
+def test_progress_in_a_log_is_one_readable_line_per_round(tmp_path: Path, out_args: list[str]) -> None:
+    import re
+
+    from pqprune.store.database import Store
+
+    r = runner.invoke(app, ["run", "--data", "digits", "--rounds", "2", "--epochs", "1", *out_args])
+    assert r.exit_code == 0, r.output
+    run_id = RunSettings(data="digits", rounds=2, epochs=1).run_id()
+    lines = r.stderr.splitlines()
+    assert "━" not in r.stderr and "…" not in r.stderr  # no bars cut to the width of a pretend terminal
+    assert lines[0] == f"{run_id}: started (rounds 0–2, 1 epoch per round)" and lines[-1] == f"{run_id}: finished"
+    pattern = rf"{run_id} round (\d)/2: density (\S+), test acc (\S+), (\S+) s"
+    rounds = [re.fullmatch(pattern, line) for line in lines[1:-1]]
+    assert all(rounds) and len(rounds) == 3, lines
+    with Store(tmp_path / "out" / "db.sqlite") as store:
+        rows = store.rounds(run_id)
+    for m, row in zip(rounds, rows):
+        assert int(m[1]) == row["round"] and m[2] == f"{row['density']:.4f}" and m[3] == f"{row['test_accuracy']:.4f}"
+        assert float(m[4]) == pytest.approx(sum(v for k, v in row.items() if k.startswith("seconds_")), abs=0.06)
+    r = runner.invoke(app, ["run", "--data", "digits", "--rounds", "2", "--epochs", "1", *out_args])
+    assert r.stderr.splitlines() == [f"{run_id}: finished earlier: reused (rounds 0–2, 1 epoch per round)"]
+    r = runner.invoke(app, ["run", "--data", "digits", "--rounds", "2", "--epochs", "1", "--quiet", *out_args])
+    assert r.stderr == ""
+
+
+@pytest.mark.slow
+def test_progress_in_a_terminal_is_bars(tmp_path: Path) -> None:
+    """Under a real pseudo-terminal the bars are drawn, and no log lines are written."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    args = ["run", "--data", "digits", "--rounds", "1", "--epochs", "1"]
+    out = ["--db", str(tmp_path / "db.sqlite"), "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pqprune", *args, *out], stdout=subprocess.PIPE, stderr=follower, text=True
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(leader)
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    assert "━" in text and "rounds" in text and "2/2" in text  # the bar of the run's two rounds, completed
+    assert "round 0/1: density" not in text and "finished" in stdout

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail, stopped
 from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
-from pqprune.cli.progress import _RunDisplay
+from pqprune.cli.progress import run_display
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
 from pqprune.store.database import STATUSES
@@ -29,7 +29,7 @@ def run_command(
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
     """Prune and retrain one model (docs/math.md §5); rerunning the same command resumes it, or reuses it if finished."""
     import json
@@ -44,7 +44,7 @@ def run_command(
     main_rank = launch_rank() == 0
     try:
         run_settings = RunSettings.from_dict(_base_settings(config, settings, data_option, model_option))
-        with sigterm_as_interrupt(), _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json and main_rank) as display:
             result = run_experiment(run_settings, db, runs_dir, progress=display)
     except _input_errors() as err:
         if not main_rank:  # every rank sees the same bad input: one message is enough
@@ -91,7 +91,7 @@ def sweep_command(
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome of every run as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
     """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
     import json
@@ -113,7 +113,7 @@ def sweep_command(
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
             grid[key] = _split_list(values)
         runs = expand_grid(fixed, grid)
-        with sigterm_as_interrupt(), _RunDisplay(enabled=not quiet and not as_json) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
     except _input_errors() as err:
         fail(str(err))
@@ -288,7 +288,7 @@ def demo_command(
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)
     try:
-        with sigterm_as_interrupt(), _RunDisplay(enabled=not as_json) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
         with Store(db) as store:
             rows = summarize([(s.resolved().to_dict(), store.rounds(s.run_id())) for s in runs])
