@@ -72,6 +72,11 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions a plain ``open(path, "w")`` would have: ``0o666`` less the umask."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
 
@@ -84,8 +89,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        tmp.chmod(0o666 & ~_umask())
         write(tmp)
+        follow_umask(tmp)  # after writing: a writer may replace the file (safetensors does, as 0600)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

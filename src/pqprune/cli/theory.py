@@ -9,6 +9,7 @@ from rich.console import Console
 
 from pqprune.cli.app import CONTEXT, _csv_values, app, err_console, fail
 from pqprune.cli.tables import _g, _print_rows
+from pqprune.files import atomic_write
 from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
@@ -238,7 +239,8 @@ def theory_mc_command(
         fail(str(err))
     folder = Path(out)
     figure = plot_grid(cells, folder / "theory_mc.png")
-    (folder / "theory_mc.json").write_text(json.dumps([c.as_dict() for c in cells], indent=2, default=float))
+    text = json.dumps([c.as_dict() for c in cells], indent=2, default=float)
+    atomic_write(folder / "theory_mc.json", lambda tmp: tmp.write_text(text))
     if as_json:
         typer.echo(json.dumps([c.as_dict() for c in cells], indent=2, default=float))
         return
@@ -351,7 +353,8 @@ def theory_teacher_command(
     payload = [
         {"settings": s.settings, "seconds": s.seconds, "points": [p.as_dict() for p in s.points]} for s in studies
     ]
-    (folder / "theory_teacher.json").write_text(json.dumps(payload, indent=2))
+    text = json.dumps(payload, indent=2)
+    atomic_write(folder / "theory_teacher.json", lambda tmp: tmp.write_text(text))
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return
