@@ -51,7 +51,7 @@ def run_command(
             raise typer.Exit(code=2) from None
         fail(str(err))
     except (RunBusy, DistributedError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt as err:
         stopped(err, "the last finished round is saved; rerun the same command to resume")
@@ -74,7 +74,9 @@ def run_command(
         return
     Console().print(_rounds_table(result.run_id, result.rounds))
     note = "reused (finished earlier)" if result.reused else result.status
-    Console().print(f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False)
+    Console().print(
+        f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command("sweep")
@@ -325,19 +327,22 @@ def demo_command(
         for r in rows
     ]
     out = Console()
-    out.print(f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False)
+    out.print(
+        f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False, soft_wrap=True
+    )
     out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
     total = sum(phases.values()) or 1.0
     out.print(
         "time per phase (all runs): " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.1f}%)" for k, v in phases.items()),
         highlight=False,
+        soft_wrap=True,
     )
-    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False)
+    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False, soft_wrap=True)
     if report_index is not None:
         out.print(f"report: {report_index} (figures and summary of the demo's runs)", highlight=False, soft_wrap=True)
     failed = [i for i in items if i.status == "failed"]
     for i in failed:
-        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False)
+        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(code=1)
 
@@ -363,7 +368,7 @@ def _demo_report(db: str, runs_dir: str, runs: list) -> str | None:
     try:
         return str(write_report(db, Path(runs_dir) / "report", where=where))
     except ReportError as err:  # the runs' own results are already printed; a report failure must not hide them
-        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False, soft_wrap=True)
         return None
 
 
