@@ -115,6 +115,8 @@ def _reading_checkpoint(summary: dict, eps: float, input_bound: float, relative:
     )
     if summary["kept fraction"] >= 1.0:
         text += "; nothing can be pruned at this ε" + ("" if relative else " (try --relative with ε near 1)")
+    elif relative and eps >= 1:
+        text += "; with ε >= 1 that promises no more than deleting the neuron would"
     return text + " (docs/theory.md §2)"
 
 
