@@ -102,7 +102,24 @@ def test_bound_checkpoint_needs_eps_and_valid_q(tmp_path):
 
 def test_bound_readme_example_prints_a_probability_that_means_something():
     """The README's example: a probability strictly between 0 and 1, and one line saying how to read it."""
-    args = ["bound", "--width", "256", "--depth", "2", "--density", "0.9", "--method", "magnitude", "--eps", "1"]
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (example,) = [line for line in readme.splitlines() if line.startswith("pqprune bound --width")]
+    args = example.split("#")[0].split()[1:]
+    assert args == [
+        "bound",
+        "--width",
+        "256",
+        "--depth",
+        "2",
+        "--density",
+        "0.9",
+        "--method",
+        "magnitude",
+        "--eps",
+        "1",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     spec = theory.RandomNetSpec(width=256, depth=2, density=0.9, method="magnitude")
@@ -110,6 +127,7 @@ def test_bound_readme_example_prints_a_probability_that_means_something():
     assert 0.5 < prob < 1 and 1 < gap < 1.1  # P(gap ≤ 1) ≈ 0.835; w.p. 0.9 the gap is ≤ 1.06
     (line,) = [x for x in r.output.splitlines() if x.startswith("how to read it:")]
     assert f"at most 1 with probability >= {prob:.3g}" in line and f"by more than {gap:.3g}" in line
+    assert f"`guaranteed P(gap <= 1): {prob:.3f}`" in readme  # the README quotes what the command prints
     # where the bound promises nothing, the line says which ε it would promise (with probability 0.9)
     r = runner.invoke(app, ["bound", "--width", "256", "--depth", "3", "--density", "0.5", "--eps", "1"])
     gap = theory.hp_gap_bound(theory.RandomNetSpec(width=256, depth=3, density=0.5), 0.1)
