@@ -1,4 +1,4 @@
-"""Sparsity measures against docs/math.md §1–5: the "Checks" values, the axioms of [Diao23] and the Theorem-2 bound."""
+"""Sparsity measures against docs/math.md §1–5 and §9: the worked values, the axioms of [Diao23] and the Theorem-2 bound."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def t64(v) -> torch.Tensor:
     return torch.tensor(v, dtype=torch.float64)
 
 
-# ------------------------------------------------------------------------------------- docs/math.md §2 Checks
+# ------------------------------------------------------------------------------------- docs/math.md §2 worked values
 @pytest.mark.parametrize(
     "p,q,k,expected",
     [
@@ -120,7 +120,7 @@ def test_iid_closed_forms(name, sample, i051, i12):
     assert grid[(1.0, 2.0)] == pytest.approx(i12, abs=0.002)
 
 
-# ------------------------------------------------------------------------------------- docs/math.md §3 Checks
+# ------------------------------------------------------------------------------------- docs/math.md §3 values
 def test_gini_values():
     assert gini(torch.full((50,), -2.0)) == pytest.approx(0.0, abs=1e-12)
     assert gini(k_sparse(400, 1)) == pytest.approx(1 - 1 / 400, abs=1e-12)
@@ -456,6 +456,19 @@ def test_sap_edge_cases():
         sap_prune_count(0.5, 10, 0.5, 1.0, beta=1.5)
 
 
+def test_magnitude_pruning_without_retraining_lowers_the_pqi():
+    """docs/math.md §9: removing the smallest 20% of a fixed N(0,1) vector's survivors, round after round, makes the
+    survivors' I_{0.5,1} fall monotonically (0.153, 0.077, 0.049, 0.034, ...)."""
+    w = torch.randn(400_000, generator=gen(19), dtype=torch.float64)
+    survivors = w[torch.argsort(w.abs(), descending=True, stable=True)]  # largest magnitudes first
+    values = []
+    for _ in range(5):
+        values.append(pq_index(survivors, 0.5, 1.0))
+        survivors = survivors[: survivors.numel() - math.floor(0.2 * survivors.numel())]
+    assert values[:4] == pytest.approx([0.153, 0.077, 0.049, 0.034], abs=0.003)
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
 # ------------------------------------------------------------------------------------- errors and dtypes
 def test_degenerate_units_are_nan():
     assert math.isnan(pq_index(torch.zeros(10)))
@@ -546,3 +559,27 @@ def test_large_tensor_agrees_with_float64_reference():
 def test_top_level_exports():
     for name in ("pq_index", "pq_index_grid", "gini", "hoyer", "lq_index", "retained_bound", "sap_prune_count"):
         assert callable(getattr(pqprune, name))
+
+
+def test_gini_layers_and_global_merges_the_layer_sorts(monkeypatch):
+    from pqprune.measure import gini_index as gini_mod
+    from pqprune.measure import gini_layers_and_global
+
+    monkeypatch.setattr(gini_mod, "_CHUNK", 5)  # blocks end inside every layer
+    g = gen(21)
+    sd = {
+        "a.weight": torch.randn(7, 9, generator=g),
+        "b.weight": torch.randn(4, 3, 3, 3, generator=g).double(),  # mixed dtypes: merged in float64
+        "c.weight": torch.full((3, 3), 0.5),  # ties across layers
+        "d.weight": torch.randn(2, 11, generator=g).half(),
+    }
+    masks = {"a.weight": torch.rand(7, 9, generator=g) < 0.6, "c.weight": torch.eye(3, dtype=torch.bool)}
+    layers, total = gini_layers_and_global(sd, masks)
+    flat = []
+    for n, w in sd.items():
+        kept = w.double()[masks[n]] if n in masks else w.double().reshape(-1)
+        flat.append(kept.reshape(-1))
+        assert layers[n] == pytest.approx(ref_gini(kept.numpy()), abs=1e-12), n
+    assert total == pytest.approx(ref_gini(torch.cat(flat).numpy()), abs=1e-12)
+    assert layers == gini(sd, "layer", masks)
+    assert total == gini(sd, "global", masks)

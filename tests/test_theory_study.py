@@ -239,6 +239,8 @@ def test_cli_theory_mc_table_json_db_and_figure(tmp_path):
     assert r.exit_code == 0, r.output
     assert "p̂ [95% CI]" in r.output and "bound P(gap≤ε)" in r.output
     assert (out / "theory_mc.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "theory_mc.json").read_text())
+    assert saved["format"] == "pqprune.theory_mc" and len(saved["cells"]) > 0
     r = runner.invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
@@ -280,7 +282,8 @@ def test_cli_theory_teacher(tmp_path):
     data = json.loads(r.stdout)
     assert [p["method"] for p in data[0]["points"]] == ["lq_bound", "lq_bound", "lq_index", "sap", "magnitude"]
     assert (tmp_path / "theory_teacher.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "theory_teacher.json").read_text()) == data
+    saved = json.loads((tmp_path / "theory_teacher.json").read_text())
+    assert (saved["format"], saved["format_version"], saved["studies"]) == ("pqprune.theory_teacher", 1, data)
     r = runner.invoke(
         app,
         [

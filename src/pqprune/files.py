@@ -127,24 +127,84 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise FileFormatError(f"{path}: not a readable safetensors file ({err})") from err
 
 
-def read_format_metadata(path: str | os.PathLike, fmt: str, max_version: int, what: str) -> dict[str, str]:
-    """Metadata of a pqprune safetensors file of format ``fmt``, checking its name and version.
+# --------------------------------------------------------------------------------------------- formats
+# Every file pqprune writes names its format and version the same way: keys "format" and "format_version" in a
+# safetensors file's metadata or at the top of a JSON document (the CHANGELOG lists them all). Readers check
+# both through check_format, so a foreign file or one written by a newer pqprune is refused with one clear line.
 
-    ``what`` names the kind of file in errors ("mask file", "sparse export", …). A file of another format, with
-    an unreadable version or one newer than ``max_version`` raises ``FileFormatError`` naming the file.
+
+def format_stamp(fmt: str, version: int) -> dict[str, str]:
+    """The metadata naming a file's format and version (strings, as safetensors metadata must be)."""
+    return {"format": fmt, "format_version": str(version)}
+
+
+def check_format(
+    header: Mapping[str, Any],
+    path: str | os.PathLike,
+    fmt: str,
+    max_version: int,
+    what: str,
+    unversioned: int | None = None,
+) -> int:
+    """Check that ``header`` (safetensors metadata or a JSON document) is format ``fmt`` of a version this pqprune
+    reads (``≤ max_version``); returns the version.
+
+    ``what`` names the kind of file in errors ("mask file", "round checkpoint", …). Files written by pqprune 0.1.0
+    carry no version, some no format either: ``unversioned`` is the version such a file is read as (None: the
+    version is required). Round JSON documents of 0.1.0 kept their version under ``"version"``.
+
+    Raises:
+        FileFormatError: naming ``path``: another format, an unreadable version, or one newer than this reads.
     """
-    meta = read_safetensors_metadata(path)
-    if meta.get("format") != fmt:
-        raise FileFormatError(f"{path}: not a pqprune {what} (format={meta.get('format')!r})")
+    found = header.get("format")
+    raw = header.get("format_version", header.get("version"))
+    if raw is None and unversioned is not None and found in (None, fmt):
+        return unversioned
+    if found != fmt:
+        raise FileFormatError(f"{path}: not a pqprune {what} (format={found!r}, expected {fmt!r})")
     try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise FileFormatError(f"{path}: bad {what} format version {meta.get('format_version')!r}") from None
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise FileFormatError(f"{path}: bad {what} format version {raw!r}") from None
     if version > max_version:
         raise FileFormatError(
-            f"{path}: {what} format version {version} is newer than this pqprune reads ({max_version})"
+            f"{path}: {what} format version {version} is newer than this pqprune reads ({max_version}); "
+            "upgrade pqprune to read it"
         )
+    return version
+
+
+def read_format_metadata(
+    path: str | os.PathLike, fmt: str, max_version: int, what: str, unversioned: int | None = None
+) -> dict[str, str]:
+    """Metadata of a pqprune safetensors file of format ``fmt``, checked by :func:`check_format`."""
+    meta = read_safetensors_metadata(path)
+    check_format(meta, path, fmt, max_version, what, unversioned)
     return meta
+
+
+def read_json_document(
+    path: str | os.PathLike, fmt: str, max_version: int, what: str, unversioned: int | None = None
+) -> dict[str, Any]:
+    """A JSON document pqprune wrote (an object with ``format``/``format_version``), checked by :func:`check_format`.
+
+    Raises:
+        FileFormatError: the file is missing, not JSON, not an object, or fails the format check.
+    """
+    path = _existing(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FileFormatError(f"{path}: unreadable {what} ({err})") from err
+    if not isinstance(doc, dict):
+        raise FileFormatError(f"{path}: not a pqprune {what} (a JSON {type(doc).__name__}, not an object)")
+    check_format(doc, path, fmt, max_version, what, unversioned)
+    return doc
+
+
+def save_json_document(obj: Mapping[str, Any], path: str | os.PathLike, fmt: str, version: int) -> Path:
+    """Write ``obj`` with its format and version as JSON, atomically (non-finite numbers as null)."""
+    return save_json(json_safe({**obj, "format": fmt, "format_version": version}), path)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -7,22 +7,16 @@ from pqprune.cli.app import _parse_kv, fail
 
 def _load_masks_file(path: str) -> dict:
     """Masks in the engine's format (pqprune.prune.masks) or a plain safetensors of bool / 0-1 uint8 tensors."""
-    import torch
-
     from pqprune.files import FileFormatError, load_state_dict, read_safetensors_metadata
+    from pqprune.measure.weights import check_mask
     from pqprune.prune import masks as engine_masks
 
     if path.endswith(".safetensors") and read_safetensors_metadata(path).get("format") == engine_masks.MASK_FORMAT:
         return dict(engine_masks.load_masks(path))
-    masks = load_state_dict(path)
-    out = {}
-    for name, m in masks.items():
-        if m.dtype == torch.uint8 and bool(((m == 0) | (m == 1)).all()):
-            m = m.bool()
-        if m.dtype != torch.bool:
-            raise FileFormatError(f"{path}: mask {name!r} is {m.dtype}, expected bool (or 0/1 uint8)")
-        out[name] = m
-    return out
+    try:
+        return {name: check_mask(name, m, source=path, allow_01=True) for name, m in load_state_dict(path).items()}
+    except ValueError as err:
+        raise FileFormatError(str(err)) from err
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from pqprune.cli.app import CONTEXT, _csv_values, app, err_console, fail
 from pqprune.cli.tables import _g, _print_rows, _text_table
-from pqprune.files import atomic_write
+from pqprune.files import save_json_document
 from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
@@ -277,8 +277,7 @@ def theory_mc_command(
         fail(str(err))
     folder = Path(out)
     figure = plot_grid(cells, folder / "theory_mc.png")
-    text = json.dumps([c.as_dict() for c in cells], indent=2, default=float)
-    atomic_write(folder / "theory_mc.json", lambda tmp: tmp.write_text(text))
+    save_json_document({"cells": [c.as_dict() for c in cells]}, folder / "theory_mc.json", "pqprune.theory_mc", 1)
     if as_json:
         typer.echo(json.dumps([c.as_dict() for c in cells], indent=2, default=float))
         return
@@ -391,8 +390,7 @@ def theory_teacher_command(
     payload = [
         {"settings": s.settings, "seconds": s.seconds, "points": [p.as_dict() for p in s.points]} for s in studies
     ]
-    text = json.dumps(payload, indent=2)
-    atomic_write(folder / "theory_teacher.json", lambda tmp: tmp.write_text(text))
+    save_json_document({"studies": payload}, folder / "theory_teacher.json", "pqprune.theory_teacher", 1)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,10 +15,22 @@ from typing import Any
 
 from torch import Tensor
 
-from pqprune.files import FileFormatError, json_safe, load_state_dict, save_json, save_tensors
+from pqprune.files import (
+    FileFormatError,
+    format_stamp,
+    load_state_dict,
+    read_format_metadata,
+    read_json_document,
+    save_json_document,
+    save_tensors,
+)
 
-CHECKPOINT_FORMAT = "pqprune.round"
+CHECKPOINT_FORMAT = "pqprune.round"  # a round's JSON and its tensors
 CHECKPOINT_VERSION = 1
+INITIAL_FORMAT = "pqprune.initial"  # the run's initial weights
+INITIAL_VERSION = 1
+RUN_FORMAT = "pqprune.run"  # settings.json: the run's identity and settings
+RUN_VERSION = 1
 
 
 class RunBusy(RuntimeError):
@@ -109,14 +120,22 @@ class RunDir:
         return sorted(out)
 
     def read_round(self, t: int) -> dict[str, Any]:
-        path = self.json(t)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise FileFormatError(f"{path}: unreadable round checkpoint ({err})") from err
-        if doc.get("format") != CHECKPOINT_FORMAT or int(doc.get("version", 0)) > CHECKPOINT_VERSION:
-            raise FileFormatError(f"{path}: not a pqprune round checkpoint of version <= {CHECKPOINT_VERSION}")
-        return doc
+        """Round ``t``'s JSON record (metrics, per-unit decisions, the pruner's state skeleton), format-checked."""
+        return read_json_document(self.json(t), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "round checkpoint")
+
+    def load_tensors(self, t: int) -> dict[str, Tensor]:
+        """Round ``t``'s tensors (model weights under ``model/``, the pruner's masks and state), format-checked."""
+        path = self.tensors(t)
+        read_format_metadata(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "round checkpoint", unversioned=1)
+        return load_state_dict(path)
+
+    def load_initial(self) -> dict[str, Tensor]:
+        """The run's initial weights (what every round rewinds to), format-checked."""
+        read_format_metadata(self.initial, INITIAL_FORMAT, INITIAL_VERSION, "initial weights file", unversioned=1)
+        return load_state_dict(self.initial)
+
+    def save_initial(self, tensors: Mapping[str, Tensor]) -> None:
+        save_tensors(tensors, self.initial, format_stamp(INITIAL_FORMAT, INITIAL_VERSION))
 
     def last_checkpoint(self) -> tuple[int, dict[str, Tensor], dict[str, Tensor]] | None:
         """(round, model weights, masks) of the last complete round that kept its tensors; None if there is none.
@@ -129,7 +148,7 @@ class RunDir:
             return None
         t = rounds[-1]
         doc = self.read_round(t)
-        tensors = load_state_dict(self.tensors(t))
+        tensors = self.load_tensors(t)
         state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
         skeleton = (doc.get("pruner") or {}).get("masks") or {}
         try:
@@ -139,11 +158,23 @@ class RunDir:
         return t, state, masks
 
     def settings(self) -> dict[str, Any] | None:
-        """The run's settings as saved in ``settings.json``; None when missing or unreadable."""
+        """The run's settings as saved in ``settings.json``; None when it is missing or unreadable.
+
+        Raises:
+            FileFormatError: the file is of a newer format version than this pqprune reads.
+        """
         try:
-            return json.loads((self.path / "settings.json").read_text())["settings"]
-        except (OSError, ValueError, KeyError, TypeError):
+            doc = read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
+            return doc["settings"]
+        except FileFormatError as err:
+            if "newer than this pqprune reads" in str(err):
+                raise
             return None
+        except (KeyError, TypeError):
+            return None
+
+    def save_settings(self, doc: Mapping[str, Any]) -> None:
+        save_json_document(doc, self.path / "settings.json", RUN_FORMAT, RUN_VERSION)
 
 
 def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], pruner_state: Mapping[str, Any]) -> Any:
@@ -153,20 +184,20 @@ def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], 
     """
     tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in model_state.items()}
     skeleton = _flatten({k: v for k, v in pruner_state.items() if k != "initial"}, "pruner", tensors)
-    save_tensors(tensors, rd.tensors(t), {"format": CHECKPOINT_FORMAT, "round": str(t)})
+    save_tensors(tensors, rd.tensors(t), {**format_stamp(CHECKPOINT_FORMAT, CHECKPOINT_VERSION), "round": str(t)})
     return skeleton
 
 
 def _write_round_json(rd: RunDir, t: int, doc: Mapping[str, Any], keep: str) -> None:
     """Write the round's JSON atomically, after its tensors: the JSON marks the round complete. Then drop the
     previous round's tensors if only the last are kept (never before: a crash must leave a resumable round)."""
-    save_json(json_safe({**doc, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}), rd.json(t))
+    save_json_document(doc, rd.json(t), CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
     if keep == "last" and t > 0:
         rd.tensors(t - 1).unlink(missing_ok=True)
 
 
 def _load_pruner_state(rd: RunDir, t: int, doc: Mapping[str, Any], initial: Mapping[str, Tensor]) -> dict[str, Any]:
-    tensors = load_state_dict(rd.tensors(t))
+    tensors = rd.load_tensors(t)
     state = _unflatten(doc["pruner"], tensors)
     state["initial"] = dict(initial)
     return state

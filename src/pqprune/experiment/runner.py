@@ -12,21 +12,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from pqprune.experiment import distributed
 from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
 from pqprune.experiment.method_context import run_method
 from pqprune.experiment.prepare import Prepared, prepare
-from pqprune.experiment.rundir import RunDir
+from pqprune.experiment.rundir import RUN_FORMAT, RUN_VERSION, RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
-from pqprune.experiment.train import resolve_device
-from pqprune.files import FileFormatError, load_state_dict, save_json, save_tensors
+from pqprune.experiment.train import choose_threads, resolve_device
+from pqprune.files import FileFormatError, read_json_document
 from pqprune.store.database import DEFAULT_DB, Store
 
 
@@ -69,9 +72,10 @@ def run_experiment(
         res = prep.settings
         run_id, run_hash = res.run_id(), res.run_hash()
         rd = RunDir(Path(runs_dir), run_id)
-        if not ctx.is_main:
-            return _run_follower(prep, rd, ctx)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_threads(prep))
+            if not ctx.is_main:
+                return _run_follower(prep, rd, ctx)
             try:
                 _check_runs_dir(Path(runs_dir))
                 store = stack.enter_context(_open_store(db))
@@ -83,6 +87,34 @@ def run_experiment(
                 raise
             distributed.announce_start(ctx, {"last_done": last_done, "load_initial": load_initial})
             return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx)
+
+
+@contextlib.contextmanager
+def _threads(prep: Prepared) -> Iterator[int]:
+    """Run with the settings' CPU thread count (:func:`choose_threads`), restoring the process's afterwards."""
+    before = torch.get_num_threads()
+    n = choose_threads(prep.settings.threads, prep.model, prep.data.train.x, prep.train_config.batch_size)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a run computed: CPU threads, device and library versions (its numbers can differ with any of them in
+    the last bits; none is part of the run's identity)."""
+    from pqprune import __version__
+
+    return {
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "pqprune": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 @contextlib.contextmanager
@@ -125,7 +157,7 @@ def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
 def _initial_weights(prep: Prepared, rd: RunDir, load: bool) -> dict[str, Tensor]:
     """The run's initial weights: read from ``initial.safetensors`` into the model (``load``), else the model's own."""
     if load:
-        initial = load_state_dict(rd.initial)
+        initial = rd.load_initial()
         prep.model.load_state_dict(initial)
         return initial
     return {k: v.detach().clone() for k, v in prep.model.state_dict().items()}
@@ -148,14 +180,25 @@ def _run_locked(
         "identity": res.identity(),
         "settings": res.to_dict(),
     }
-    # What the database's settings JSON holds: the settings, plus (distributed runs only) how they were launched.
-    db_settings = {**res.to_dict(), "launch": ctx.describe()} if ctx.active else res.to_dict()
+    # What the database's settings JSON holds: the settings, where they were computed, the sizes of the data splits
+    # (the binomial noise of an accuracy depends on them, docs/math.md §9) and (distributed runs only) how they were
+    # launched. A finished run that is reused keeps the environment it was computed in.
+    env = _saved_environment(rd) if last_done == res.rounds else None
+    settings_doc["environment"] = env or environment(prep.device)
+    examples = {"train": len(prep.data.train), "val": len(prep.data.val), "test": len(prep.data.test)}
+    db_settings = {**res.to_dict(), "environment": settings_doc["environment"], "examples": examples}
     if ctx.active:
-        settings_doc["launch"] = ctx.describe()
+        settings_doc["launch"] = db_settings["launch"] = ctx.describe()
 
     if last_done == res.rounds:  # finished: reuse
         run = store.get_run(rd.run_id)
-        if run is None or run["status"] != "finished" or run["rounds_done"] != res.rounds + 1:
+        # Also refreshed: runs of 0.1.0, whose stored settings lack the split sizes.
+        if (
+            run is None
+            or run["status"] != "finished"
+            or run["rounds_done"] != res.rounds + 1
+            or ("examples" not in run["settings"])
+        ):
             store.start_run(rd.run_id, run_hash, db_settings)
             _sync_store(store, rd, res.rounds)
             store.set_status(rd.run_id, "finished")
@@ -182,13 +225,13 @@ def _run_locked(
         )
 
     start = time.perf_counter()
-    save_json(settings_doc, rd.path / "settings.json")
+    rd.save_settings(settings_doc)
     store.start_run(rd.run_id, run_hash, db_settings)
     status, message = "failed", None
     try:
         initial = _initial_weights(prep, rd, load_initial)
         if not load_initial:
-            save_tensors(initial, rd.initial, {"format": "pqprune.initial"})
+            rd.save_initial(initial)
         loop = _Loop(prep, rd, store, progress, ctx)
         first = 0
         if last_done is not None:
@@ -230,6 +273,17 @@ def _run_locked(
         seconds=run["seconds"] if run else seconds,
         settings=res.to_dict(),
     )
+
+
+def _saved_environment(rd: RunDir) -> dict[str, Any] | None:
+    """The environment a run's folder records (None if it records none: runs of pqprune 0.2 and earlier)."""
+    try:
+        env = read_json_document(rd.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1).get(
+            "environment"
+        )
+    except FileFormatError:
+        return None
+    return env if isinstance(env, dict) else None
 
 
 def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunResult:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.export.sparse import MaskLike, pruned_copy
-from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
+from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
 from pqprune.measure.weights import as_rows
 
 SHRUNK_FORMAT = "pqprune.shrunk"
@@ -320,8 +320,7 @@ def save_shrunk(model: nn.Sequential, path: str | os.PathLike) -> Path:
     specs = [_module_spec(n, m) for n, m in model.named_children()]
     dtypes = {str(p.dtype) for p in model.parameters()}
     meta = {
-        "format": SHRUNK_FORMAT,
-        "format_version": str(SHRUNK_FORMAT_VERSION),
+        **format_stamp(SHRUNK_FORMAT, SHRUNK_FORMAT_VERSION),
         "modules": json.dumps(specs),
         "dtype": ",".join(sorted(dtypes)),
     }

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import FileFormatError, load_state_dict, read_format_metadata, save_tensors
-from pqprune.measure.weights import as_rows
+from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
+from pqprune.measure.weights import as_rows, check_mask
 
 SPARSE_FORMAT = "pqprune.sparse"
 SPARSE_FORMAT_VERSION = 1
@@ -37,20 +37,14 @@ def _mask_dict(masks: MaskLike) -> dict[str, Tensor]:
         return {}
     if hasattr(masks, "masks") and not isinstance(masks, Mapping):  # a MaskSet
         masks = masks.masks
-    out = {}
-    for name, m in masks.items():
-        if not isinstance(m, Tensor) or m.dtype != torch.bool:
-            raise ValueError(f"mask for {name!r} must be a bool tensor, got {getattr(m, 'dtype', type(m).__name__)}")
-        out[name] = m.detach().to("cpu")
-    return out
+    return {name: check_mask(name, m).detach().to("cpu") for name, m in masks.items()}
 
 
 def _check_masks(state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
     for name, m in masks.items():
         if name not in state:
             raise ValueError(f"mask for {name!r} names no tensor of the state dict")
-        if m.shape != state[name].shape:
-            raise ValueError(f"mask for {name!r} has shape {tuple(m.shape)}, the tensor has {tuple(state[name].shape)}")
+        check_mask(name, m, state[name].shape)
 
 
 def apply_masks(state: Mapping[str, Tensor], masks: MaskLike) -> dict[str, Tensor]:
@@ -187,7 +181,7 @@ def save_sparse(state: Mapping[str, Tensor], masks: MaskLike, path: str | os.Pat
         for part, tensor in parts.items():
             tensors[f"{name}{_SEP}{part}" if part else name] = tensor
         entries.append([name, {"encoding": enc, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}])
-    meta = {"format": SPARSE_FORMAT, "format_version": str(SPARSE_FORMAT_VERSION), "tensors": json.dumps(entries)}
+    meta = {**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(entries)}
     return save_tensors(tensors, path, meta)
 
 

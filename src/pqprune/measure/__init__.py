@@ -4,10 +4,10 @@ Pure tensor maths over the surviving weights (docs/math.md §1–§5); nothing h
 training or data.
 """
 
+from pqprune.measure.gini_index import gini, gini_layers_and_global
 from pqprune.measure.indices import (
     check_lq,
     check_pq,
-    gini,
     hoyer,
     lq_index,
     pq_index,
@@ -39,6 +39,7 @@ __all__ = [
     "check_pq",
     "check_scope",
     "gini",
+    "gini_layers_and_global",
     "hoyer",
     "lq_index",
     "named_weights",

@@ -11,8 +11,8 @@ Every measure is computed over the *surviving* entries of a unit (masks mark sur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,30 @@ def as_rows(w: Tensor) -> Tensor:
     return w.reshape(1, -1) if w.dim() <= 1 else w.reshape(w.shape[0], -1)
 
 
+def check_mask(
+    name: str, mask: Any, shape: Sequence[int] | None = None, source: str | None = None, allow_01: bool = False
+) -> Tensor:
+    """The one check of a mask, wherever one comes from (an argument, a file, a run): a tensor, of the weight's
+    ``shape`` when given, bool — or, with ``allow_01``, of 0/1 values in any dtype, returned as bool (the form of
+    ``torch.nn.utils.prune`` and of many saved masks). Errors name the mask, and ``source`` (e.g. a file) when given.
+
+    Raises:
+        ValueError: not a tensor, another shape, or not bool (or not 0/1 with ``allow_01``).
+    """
+    where = f"{source}: " if source else ""
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{where}mask for {name!r} must be a bool tensor, got a {type(mask).__name__}")
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{where}mask for {name!r} has shape {tuple(mask.shape)}, the weight has {tuple(shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if allow_01 and bool(((mask == 0) | (mask == 1)).all()):
+        return mask != 0
+    expected = "bool (or 0/1 values)" if allow_01 else "bool"
+    found = f"{mask.dtype} with values other than 0 and 1" if allow_01 else str(mask.dtype)
+    raise ValueError(f"{where}mask for {name!r} must be {expected}, got {found}")
+
+
 def check_masks(weights: Mapping[str, Tensor], masks: Masks | Tensor | None) -> dict[str, Tensor | None]:
     """Match masks to weights by name; a mask for an unknown name or of the wrong shape is an error.
 
@@ -98,12 +122,7 @@ def check_masks(weights: Mapping[str, Tensor], masks: Masks | Tensor | None) -> 
     out: dict[str, Tensor | None] = {}
     for name, w in weights.items():
         m = masks.get(name)
-        if m is not None:
-            if m.shape != w.shape:
-                raise ValueError(f"mask for {name!r} has shape {tuple(m.shape)}, the weight has {tuple(w.shape)}")
-            if m.dtype != torch.bool:
-                raise ValueError(f"mask for {name!r} must be a bool tensor, got {m.dtype}")
-        out[name] = m
+        out[name] = None if m is None else check_mask(name, m, w.shape)
     return out
 
 

@@ -25,7 +25,7 @@ from pqprune.measure.weights import Scope
 from pqprune.prune import methods as _methods
 from pqprune.prune.masks import Density, MaskSet
 from pqprune.prune.methods.base import Method, UnitRecord
-from pqprune.prune.select import select_prune
+from pqprune.prune.select import select_keep
 
 STATE_VERSION = 1
 # Optimizers whose update of an entry is a function of that entry's gradient, state and value alone (plus
@@ -141,8 +141,7 @@ class Pruner:
         weights = {n: p.detach() for n, p in self.maskset.params().items()}
         masks = self.maskset.pruned_masks()  # dense tensors go without a mask: one less pass over them
         plan = self.method.plan(weights, masks, self.scope, self.round)
-        selected = select_prune(plan.scores, plan.counts, self.scope, masks)
-        self.maskset.prune(selected)
+        self.maskset.keep_only(select_keep(plan.scores, plan.counts, self.scope, masks))
         self.enforce()
         for opt in self._live_optimizers():
             self.maskset.mask_optimizer_state(opt)

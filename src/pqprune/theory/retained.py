@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from pqprune.measure.indices import check_pq, pq_from_sums, retained_bound
+from pqprune.measure.weights import check_mask
 
 
 # ============================================================================ §4: Theorem 2 with exact η_r
@@ -14,8 +15,7 @@ def _sorted_abs(w: Tensor, mask: Tensor | None = None) -> Tensor:
         raise ValueError("w must be a floating-point tensor")
     a = w.detach().reshape(-1).to(torch.float64).abs()
     if mask is not None:
-        if mask.shape != w.shape or mask.dtype != torch.bool:
-            raise ValueError("mask must be a bool tensor of the weight's shape")
+        check_mask("w", mask, w.shape)
         a = a[mask.reshape(-1)]
     if not bool(torch.isfinite(a).all()):
         raise ValueError("w has NaN or infinite entries")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from pqprune.measure.indices import check_lq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import row_power_sums
-from pqprune.measure.weights import Masks, Scope, check_scope
+from pqprune.measure.weights import Masks, Scope, check_mask, check_scope
 from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
 from pqprune.prune.methods.registry import register
 from pqprune.prune.methods.sap import SAP
@@ -210,10 +210,7 @@ def lq_keep_counts(
     if not isinstance(w, Tensor) or not w.is_floating_point():
         raise ValueError("w must be a floating-point tensor")
     if mask is not None:
-        if mask.shape != w.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, the weight has {tuple(w.shape)}")
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+        check_mask("w", mask, w.shape)
     stats = row_power_sums(w, (q, 1.0), mask)
     d = stats.count  # float64 [rows]
     s_q = stats.sums[q]
