@@ -44,6 +44,15 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def stopped(err: KeyboardInterrupt, kept: str) -> NoReturn:
+    """After Ctrl-C or SIGTERM: one line saying what is kept and how to resume; exit 130 or 143 as a shell would."""
+    from pqprune.experiment.signals import Terminated, exit_code
+
+    how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+    err_console.print(f"{how}: {kept}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=exit_code(err))
+
+
 def main() -> None:
     app()
 

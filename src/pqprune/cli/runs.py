@@ -5,11 +5,12 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail
+from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail, stopped
 from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
-from pqprune.cli.progress import _RunDisplay
+from pqprune.cli.progress import run_display
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
+from pqprune.store.database import STATUSES
 
 
 @app.command("run")
@@ -28,7 +29,7 @@ def run_command(
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
     """Prune and retrain one model (docs/math.md §5); rerunning the same command resumes it, or reuses it if finished."""
     import json
@@ -37,25 +38,23 @@ def run_command(
     from pqprune.experiment.distributed import DistributedError, launch_rank
     from pqprune.experiment.rundir import RunBusy
     from pqprune.experiment.settings import RunSettings
+    from pqprune.experiment.signals import sigterm_as_interrupt
 
     # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
     main_rank = launch_rank() == 0
     try:
         run_settings = RunSettings.from_dict(_base_settings(config, settings, data_option, model_option))
-        with _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json and main_rank) as display:
             result = run_experiment(run_settings, db, runs_dir, progress=display)
     except _input_errors() as err:
         if not main_rank:  # every rank sees the same bad input: one message is enough
             raise typer.Exit(code=2) from None
         fail(str(err))
     except (RunBusy, DistributedError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    except KeyboardInterrupt:
-        err_console.print(
-            "interrupted: the last finished round is saved; rerun the same command to resume", highlight=False
-        )
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "the last finished round is saved; rerun the same command to resume")
     if not main_rank:
         return
     if as_json:
@@ -75,7 +74,9 @@ def run_command(
         return
     Console().print(_rounds_table(result.run_id, result.rounds))
     note = "reused (finished earlier)" if result.reused else result.status
-    Console().print(f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False)
+    Console().print(
+        f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command("sweep")
@@ -92,12 +93,13 @@ def sweep_command(
     db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome of every run as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
     """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
     import json
 
     from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
+    from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import expand_grid, run_sweep
     from pqprune.prune.methods.registry import option_names
 
@@ -113,28 +115,54 @@ def sweep_command(
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
             grid[key] = _split_list(values)
         runs = expand_grid(fixed, grid)
-        with _RunDisplay(enabled=not quiet and not as_json) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
     except _input_errors() as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are saved; rerun the same command to resume", highlight=False)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "finished rounds are saved; rerun the same command to resume")
     if as_json:
         typer.echo(
             json.dumps([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items], indent=2)
         )
     else:
-        from rich.table import Table
-
-        table = Table(title=f"sweep of {len(items)} runs")
-        for col in ("run", "method", "status", "message"):
-            table.add_column(col)
-        for i in items:
-            table.add_row(i.run_id, i.settings.resolved().method, i.status, i.message or "")
-        Console().print(table)
+        _print_sweep_summary(items)
     if any(i.status == "failed" for i in items):
         raise typer.Exit(code=1)
+
+
+def _varying_settings(settings: list[dict], labels: list[str]) -> list[str]:
+    """The settings that tell apart runs of the same method label (scope, seed, a method option not in the
+    label, …), in the settings' order; where-to-compute settings never count."""
+    from pqprune.experiment.settings import NOT_IDENTITY
+
+    keys = list(dict.fromkeys(k for s in settings for k in s if k not in NOT_IDENTITY and k != "method"))
+    varying = []
+    for key in keys:
+        seen: dict[str, set[str]] = {}
+        for s, label in zip(settings, labels):
+            if key in s:
+                seen.setdefault(label, set()).add(repr(s[key]))
+        if any(len(values) > 1 for values in seen.values()):
+            varying.append(key)
+    return varying
+
+
+def _print_sweep_summary(items: list) -> None:
+    """One row per run: its id, method, the settings that differ between runs of one method, status, message."""
+    from pqprune.experiment.settings import method_label
+
+    settings = [i.settings.resolved().to_dict() for i in items]
+    labels = [method_label(s) for s in settings]
+    varying = _varying_settings(settings, labels)
+    headers = ("run", "method", *varying, "status", "message")
+    cells = [
+        [i.run_id, label, *(str(s.get(k, "–")) for k in varying), i.status, i.message or ""]
+        for i, s, label in zip(items, settings, labels)
+    ]
+    out = Console()
+    out.print(f"sweep of {len(items)} runs", highlight=False)
+    out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
 
 
 def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[dict]:
@@ -147,8 +175,9 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
     if not Path(db).exists():
         fail(f"no results database at {db} (run `pqprune run` first, or pass --db)")
     rows = []
+    stored = "running" if status == "stale" else status  # a stale run is one stored as running that nobody runs
     with Store(db) as store:
-        for run in store.list_runs(status=status, where=where):
+        for run in store.list_runs(status=stored, where=where):
             rounds = store.rounds(run["run_id"])
             s = run["settings"]
             last = rounds[-1] if rounds else {}
@@ -173,7 +202,11 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
                     "message": run["message"],
                 }
             )
-    return rows
+    return [r for r in rows if status is None or r["status"] == status]
+
+
+# What the `runs` table can show: the stored statuses, and "stale" for a run stored as running that no process holds.
+SHOWN_STATUSES = (*STATUSES, "stale")
 
 
 @app.command("runs")
@@ -183,7 +216,7 @@ def runs_command(
         "runs", "--runs-dir", help="Folder of the runs' checkpoints (to tell live runs from killed ones)."
     ),
     status: str | None = typer.Option(
-        None, "--status", help="Only runs with this status: running, finished, failed, interrupted."
+        None, "--status", help=f"Only runs with this status: {', '.join(SHOWN_STATUSES)}."
     ),
     method: str | None = typer.Option(
         None, "--method", help="Only runs of this method (a name or alias: sap, lt, lottery_ticket, …)."
@@ -196,10 +229,9 @@ def runs_command(
     import json
 
     from pqprune.report.runs import ReportError, canonical_where
-    from pqprune.store.database import STATUSES
 
-    if status is not None and status not in STATUSES:
-        fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status is not None and status not in SHOWN_STATUSES:
+        fail(f"--status must be one of {', '.join(SHOWN_STATUSES)}, got {status!r}")
     where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
     try:
         where = canonical_where(where)  # any alias names the method: lottery_ticket, LT → lt
@@ -250,6 +282,7 @@ def demo_command(
     import json
     import time
 
+    from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import demo_settings, run_sweep
     from pqprune.report.summary import summarize
     from pqprune.store.database import Store
@@ -257,16 +290,15 @@ def demo_command(
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)
     try:
-        with _RunDisplay(enabled=not as_json) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
         with Store(db) as store:
             rows = summarize([(s.resolved().to_dict(), store.rounds(s.run_id())) for s in runs])
             phases = _phase_totals(store, [s.run_id() for s in runs])
     except _input_errors() as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are saved; rerun `pqprune demo` to resume", highlight=False)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "finished rounds are saved; rerun `pqprune demo` to resume")
     seconds = time.perf_counter() - start
     report_index = _demo_report(db, runs_dir, runs)  # the demo ends with the report of its runs
     if as_json:
@@ -295,19 +327,22 @@ def demo_command(
         for r in rows
     ]
     out = Console()
-    out.print(f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False)
+    out.print(
+        f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False, soft_wrap=True
+    )
     out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
     total = sum(phases.values()) or 1.0
     out.print(
         "time per phase (all runs): " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.1f}%)" for k, v in phases.items()),
         highlight=False,
+        soft_wrap=True,
     )
-    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False)
+    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False, soft_wrap=True)
     if report_index is not None:
         out.print(f"report: {report_index} (figures and summary of the demo's runs)", highlight=False, soft_wrap=True)
     failed = [i for i in items if i.status == "failed"]
     for i in failed:
-        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False)
+        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(code=1)
 
@@ -333,7 +368,7 @@ def _demo_report(db: str, runs_dir: str, runs: list) -> str | None:
     try:
         return str(write_report(db, Path(runs_dir) / "report", where=where))
     except ReportError as err:  # the runs' own results are already printed; a report failure must not hide them
-        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False, soft_wrap=True)
         return None
 
 

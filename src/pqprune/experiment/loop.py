@@ -89,7 +89,15 @@ def _measure(
 
 
 def _unit_dict(r: UnitRecord) -> dict[str, Any]:
-    return {"unit": r.unit, "d": r.d, "pqi": r.index, "r": r.r, "c": r.c, "clipped": r.beta_clipped}
+    # The database's columns keep the paper's names (docs/database.md).
+    return {
+        "unit": r.unit,
+        "d": r.survivors,
+        "pqi": r.index,
+        "r": r.retained_target,
+        "c": r.pruned,
+        "clipped": r.beta_clipped,
+    }
 
 
 class _Loop:

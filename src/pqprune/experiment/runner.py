@@ -53,7 +53,8 @@ def run_experiment(
     (``event`` = ``start``, ``round``, ``epoch``, ``round_end``, ``end``) for display.
 
     Raises :class:`SettingsError`, :class:`pqprune.experiment.data.DatasetNotFound` or :class:`~pqprune.store.StoreError`
-    before anything is written; :class:`RunBusy` if another process computes the same run. On Ctrl-C the run is
+    before anything is written; :class:`RunBusy` if another process computes the same run. On Ctrl-C (or SIGTERM
+    inside :func:`pqprune.experiment.signals.sigterm_as_interrupt`, as the ``pqprune`` commands run it) the run is
     marked ``interrupted`` (the checkpoint of the last finished round stays) and ``KeyboardInterrupt``
     propagates; on any other error it is marked ``failed``.
 
@@ -251,7 +252,7 @@ def _run_locked(
             loop.round(t)
         status = "finished"
     except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
+        status, message = "interrupted", "interrupted (Ctrl-C or SIGTERM); rerun the same command to resume"
         raise
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"

@@ -18,6 +18,7 @@ from pqprune.experiment.prepare import prepare
 from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.runner import _check_runs_dir, run_experiment
 from pqprune.experiment.settings import RunSettings, SettingsError
+from pqprune.experiment.signals import raise_terminated
 from pqprune.prune.methods.registry import lookup, option_names, takers
 from pqprune.store.database import DEFAULT_DB, Store, StoreError
 
@@ -91,8 +92,9 @@ def run_sweep(
     """Run every setting (skipping finished runs) with ``workers`` processes of one thread each.
 
     All runs are checked first (:func:`check_sweep`), so bad input fails before anything is written. A run that
-    fails is recorded as failed and the sweep goes on. Progress events carry a ``worker`` field. On Ctrl-C the
-    workers mark their runs interrupted and stop; ``KeyboardInterrupt`` propagates.
+    fails is recorded as failed and the sweep goes on. Progress events carry a ``worker`` field. On Ctrl-C (or
+    SIGTERM under :func:`pqprune.experiment.signals.sigterm_as_interrupt`) the workers mark their runs interrupted
+    and stop; ``KeyboardInterrupt`` propagates.
     """
     if workers < 1:
         raise SettingsError(f"workers must be >= 1, got {workers}")
@@ -138,13 +140,10 @@ def _worker_main(index: int, tasks: Any, events: Any, db: str, runs_dir: str) ->
     """A sweep worker process: one thread, runs tasks until the sentinel; SIGTERM = one clean Ctrl-C."""
     import signal
 
-    def on_term(_signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the clean-up
-        raise KeyboardInterrupt
-
-    # The parent owns Ctrl-C and forwards it as SIGTERM, so each worker is interrupted exactly once.
+    # The parent owns Ctrl-C and SIGTERM and forwards both as SIGTERM, so each worker is interrupted once (a
+    # second SIGTERM, e.g. `timeout` signalling the whole process group, is ignored).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, raise_terminated)
     torch.set_num_threads(1)  # small models: N single-thread workers beat one N-thread process
     send = lambda e: events.put({**e, "worker": index})  # noqa: E731
     try:

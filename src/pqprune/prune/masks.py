@@ -384,7 +384,11 @@ class MaskSet:
 
 
 def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read masks written by :meth:`MaskSet.save`; a wrong, missing or corrupt file raises ``FileFormatError``."""
+    """Read masks written by :meth:`MaskSet.save`.
+
+    A missing file raises ``FileNotFoundError`` naming it (a :class:`pqprune.files.MissingFileError`, which is
+    also a ``FileFormatError``); a wrong or corrupt file raises ``FileFormatError``.
+    """
     read_format_metadata(path, MASK_FORMAT, MASK_FORMAT_VERSION, "mask file")
     masks = load_state_dict(path)
     try:

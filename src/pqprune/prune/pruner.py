@@ -59,7 +59,8 @@ class Pruner:
         model: any ``nn.Module``; its structure and ``state_dict`` keys are never changed.
         method: a :class:`pqprune.prune.methods.Method` or a registered name (``"sap"``, ``"lottery_ticket"``, …).
         scope: the unit of each decision (docs/math.md §1); default: the method's (``"global"``, ``"neuron"`` for
-            ``LqNeuron``).
+            ``LqNeuron``), as in ``pqprune run``. (``pqprune analyze`` defaults to ``"layer"``: it reports each
+            layer's own compressibility, which at layer scope depends on that layer alone.)
         include, exclude, include_types, exclude_types: which parameters are prunable, see
             :func:`pqprune.prune.masks.discover`.
 
@@ -82,8 +83,7 @@ class Pruner:
         self.method: Method = _methods.get(method) if isinstance(method, str) else method
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a pqprune Method or a name, got {type(method).__name__}")
-        self.scope: Scope = cast(Scope, scope if scope is not None else self.method.default_scope)
-        self.method.check_scope(self.scope)
+        self.scope = scope if scope is not None else self.method.default_scope
         self.model = model
         self.maskset = MaskSet(model, include, exclude, include_types, exclude_types)
         self.round = 0
@@ -91,6 +91,17 @@ class Pruner:
         self._initial = _snapshot(model)
         self._rewind_point: dict[str, Tensor] | None = None
         self._wrapped: dict[int, tuple[weakref.ref, Any, Any]] = {}
+
+    @property
+    def scope(self) -> Scope:
+        """The unit of each decision; setting it checks it at once (``ValueError`` naming the scope), so a bad
+        scope fails where it is set, not at the next :meth:`step`."""
+        return self._scope
+
+    @scope.setter
+    def scope(self, value: str) -> None:
+        self.method.check_scope(value)
+        self._scope = cast(Scope, value)
 
     # ------------------------------------------------------------------ masks
     @property
@@ -115,7 +126,10 @@ class Pruner:
         return self.maskset.save(path)
 
     def load_masks(self, path: str | os.PathLike) -> None:
-        """Replace the masks by those of a file (they may be denser: this is a load, not a pruning step)."""
+        """Replace the masks by those of a file (they may be denser: this is a load, not a pruning step).
+
+        A missing file raises ``FileNotFoundError`` naming it; a file of another kind ``FileFormatError``.
+        """
         self.maskset.load(path)
         self.enforce()
 
@@ -267,6 +281,11 @@ class Pruner:
         state = dict(self.__dict__)
         state["_wrapped"] = {}  # optimizer hooks belong to the live objects, not to a copy
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "scope" in state:  # pickled before the scope was checked on assignment
+            state["_scope"] = state.pop("scope")
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"Pruner({self.method!r}, scope={self.scope!r}, round={self.round}, density={self.density():.4f})"

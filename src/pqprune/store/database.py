@@ -50,7 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
-from pqprune.files import finite_or_none, json_safe
+from pqprune.files import finite_or_none, follow_umask, json_safe
 
 SCHEMA_VERSION = 2
 # Statements that take a database of version v to v + 1; applied in order when an older database is opened.
@@ -159,6 +159,7 @@ class Store:
     def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path)
         _check_writable(self.path)
+        new = not self.path.exists()
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken up front and
             # the busy timeout applies (a deferred transaction that upgrades can fail at once in WAL mode).
@@ -166,6 +167,8 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"cannot open the results database {self.path}: {err}") from err
         try:
+            if new:  # SQLite creates files as 0644 less the umask; its -wal and -shm files copy the database's
+                follow_umask(self.path)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             self._conn.execute("PRAGMA foreign_keys = ON")

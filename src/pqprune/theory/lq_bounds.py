@@ -218,6 +218,7 @@ def lq_network_bound(
     data: Tensor | None = None,
     relative: bool = False,
     hidden_bounds: str = "propagate",
+    masks: Mapping[str, Tensor] | None = None,
 ) -> LqNetworkBound:
     """ℓ_q bound rule on every layer of ``F = W_L∘σ∘W_{L−1}∘…∘σ∘W_1`` and its propagation to the output [Yang22, Gao13].
 
@@ -243,6 +244,9 @@ def lq_network_bound(
     input of the box (it may be loose for deep nets; with ``relative=True`` the keep counts do not depend on B).
     ``hidden_bounds="data"`` uses ``B'_l = max |h'_l|`` measured on ``data`` through the pruned layers built so far:
     the guarantee then holds for the inputs of that batch only (an empirical figure elsewhere).
+
+    ``masks`` (weight name → bool, True = survives) restrict every row to its survivors, as for a pruned model:
+    the rule keeps ``m_i`` of them and counts only them.
 
     Returns :class:`LqNetworkBound`; ``output_bound`` uses the ℓ_q per-neuron bounds, ``output_bound_tail`` the
     exact tails ``B'‖tail_i‖₁`` (both rigorous under the assumptions, the latter tighter).
@@ -274,7 +278,7 @@ def lq_network_bound(
     layers: list[LqLayerBound] = []
     b_prev = float(input_bound)
     for k, (name, w, b) in enumerate(chain):
-        lb = lq_layer_bound(w, q, eps, b_prev, relative=relative, name=name)
+        lb = lq_layer_bound(w, q, eps, b_prev, relative=relative, mask=(masks or {}).get(name), name=name)
         layers.append(lb)
         w_pruned = w.detach().to(torch.float64) * lb.keep_mask
         bias = b.detach().to(torch.float64) if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)
