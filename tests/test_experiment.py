@@ -17,7 +17,7 @@ from pqprune.experiment.settings import RunSettings, SettingsError, load_config
 from pqprune.experiment.sweep import expand_grid
 from pqprune.files import load_state_dict
 from pqprune.report.summary import summarize
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 # The tiny configuration of the issue: digits + MLP, 3 rounds × 1 epoch (≈1 s).
 TINY = RunSettings(data="digits", model="mlp", rounds=3, epochs=1)
@@ -322,7 +322,7 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not (tmp_path / "out").exists()
     a_file = tmp_path / "file"
     a_file.write_text("")
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError
 
     with pytest.raises(StoreError, match="is a file, not a folder"):
         run_experiment(TINY, a_file / "db.sqlite", runs)

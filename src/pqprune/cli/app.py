@@ -70,7 +70,7 @@ def _input_errors() -> tuple:
     from pqprune.experiment.data.registry import DatasetNotFound
     from pqprune.experiment.settings import SettingsError
     from pqprune.files import FileFormatError
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError
 
     return (SettingsError, DatasetNotFound, StoreError, FileFormatError)
 

@@ -142,7 +142,7 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
 
     from pqprune.experiment.rundir import RunDir
     from pqprune.experiment.settings import method_label
-    from pqprune.store.database import Store
+    from pqprune.store import Store
 
     if not Path(db).exists():
         fail(f"no results database at {db} (run `pqprune run` first, or pass --db)")
@@ -196,7 +196,7 @@ def runs_command(
     import json
 
     from pqprune.report.runs import ReportError, canonical_where
-    from pqprune.store.database import STATUSES
+    from pqprune.store import STATUSES
 
     if status is not None and status not in STATUSES:
         fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -252,7 +252,7 @@ def demo_command(
 
     from pqprune.experiment.sweep import demo_settings, run_sweep
     from pqprune.report.summary import summarize
-    from pqprune.store.database import Store
+    from pqprune.store import Store
 
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)

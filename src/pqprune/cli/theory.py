@@ -199,7 +199,7 @@ def theory_mc_command(
 
     import torch
 
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError
     from pqprune.theory.mc_study import monte_carlo_grid, plot_grid
 
     grid = dict(

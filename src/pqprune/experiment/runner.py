@@ -27,7 +27,7 @@ from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
 from pqprune.experiment.train import resolve_device
 from pqprune.files import FileFormatError
-from pqprune.store.database import DEFAULT_DB, Store
+from pqprune.store import DEFAULT_DB, Store
 
 
 def _sync_store(store: Store, rd: RunDir, upto: int) -> None:

@@ -19,7 +19,7 @@ from pqprune.experiment.rundir import RunDir
 from pqprune.experiment.runner import _check_runs_dir, run_experiment
 from pqprune.experiment.settings import RunSettings, SettingsError
 from pqprune.prune.methods.registry import lookup, option_names, takers
-from pqprune.store.database import DEFAULT_DB, Store, StoreError
+from pqprune.store import DEFAULT_DB, Store, StoreError
 
 
 # --------------------------------------------------------------------------------------------- sweeps

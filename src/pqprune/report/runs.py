@@ -141,7 +141,7 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
     Raises:
         ReportError: no database at ``db_path``, or no run with rounds matches.
     """
-    from pqprune.store.database import Store, StoreError
+    from pqprune.store import Store, StoreError
 
     path = Path(db_path)
     if not path.is_file():
