@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from postgres_server import PostgresServer, find_binaries
 
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from postgres_server import PostgresServer, wait_until_down
 
+from postgres_server import PostgresServer, wait_until_down
 from pqprune.store import SCHEMA_VERSION, Store, StoreError, exists
 from pqprune.store.engine import resolve
 from pqprune.store.schema import ROUND_COLUMNS, STATUSES

@@ -19,6 +19,7 @@ app = typer.Typer(
     context_settings=CONTEXT,
 )
 err_console = Console(stderr=True)
+DB_HELP = "Results database: an SQLite file, or a PostgreSQL URL postgresql://user@host/db (docs/database.md)."
 
 
 def _version(value: bool) -> None:

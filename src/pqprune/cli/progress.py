@@ -69,5 +69,7 @@ class _RunDisplay:
             epochs = self.tasks.pop((run_id, "epochs"), None)
             if epochs is not None:
                 self.progress.remove_task(epochs)
+        elif kind == "waiting":  # another process (another sweep, another machine) holds the run
+            self.progress.update(self._task(run_id, "rounds", 1), info="computed elsewhere: waiting for it")
         elif kind == "skipped":
             self.progress.add_task(f"{run_id} rounds", total=1, completed=1, info="finished earlier: skipped")

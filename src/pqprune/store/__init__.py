@@ -6,7 +6,7 @@
 
 from pqprune.store.claims import LEASE_SECONDS, ClaimHeld, ClaimLost, Lease
 from pqprune.store.database import DEFAULT_DB, Store, exists
-from pqprune.store.engine import StoreError, is_url
+from pqprune.store.engine import StoreError, describe, is_url
 from pqprune.store.schema import SCHEMA_VERSION, STATUSES
 from pqprune.store.theory import record_theory_cells, theory_cells
 
@@ -20,6 +20,7 @@ __all__ = [
     "Lease",
     "Store",
     "StoreError",
+    "describe",
     "exists",
     "is_url",
     "record_theory_cells",

@@ -90,6 +90,11 @@ def resolve(db: str | os.PathLike) -> Target:
     )
 
 
+def describe(db: str | os.PathLike) -> str:
+    """How to name ``db`` in messages and reports: the file path, or the URL without its password."""
+    return resolve(db).name
+
+
 def create(target: Target, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An engine for ``target``: SQLite with WAL, foreign keys and explicit write transactions; PostgreSQL with
     connections checked before use.

@@ -52,4 +52,6 @@ def theory_cells(store: Store, study: str | None = None) -> list[dict[str, Any]]
     query = select(theory).order_by(theory.c.id)
     if study is not None:
         query = query.where(theory.c.study == study)
-    return store.transact(lambda conn: [dict(r._mapping) for r in conn.execute(query)], "read theory cells", write=False)
+    return store.transact(
+        lambda conn: [dict(r._mapping) for r in conn.execute(query)], "read theory cells", write=False
+    )
