@@ -54,7 +54,7 @@ class _RunDisplay:
                 if event["reused"]
                 else (f"resumed after round {event['resumed_from']}" if event["resumed_from"] is not None else "")
             )
-            self.progress.update(task, completed=done, info=info)
+            self.progress.update(task, total=event["rounds"], completed=done, info=info)
         elif kind == "round":
             self.progress.reset(self._task(run_id, "epochs", event["epochs"]), total=event["epochs"], info="")
         elif kind == "epoch":
