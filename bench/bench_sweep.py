@@ -103,7 +103,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({"runs": len(runs), "same_metrics": same, "ray_startup_seconds": startup, "rows": rows}))
         return
-    print(f"sweep of {len(runs)} tiny runs (digits + MLP, 3 rounds x 1 epoch) into {'PostgreSQL' if args.db_url else 'SQLite files'}")
+    print(
+        f"sweep of {len(runs)} tiny runs (digits + MLP, 3 rounds x 1 epoch) into {'PostgreSQL' if args.db_url else 'SQLite files'}"
+    )
     print(f"{'executor':<32} {'seconds':>8} {'runs/min':>9} {'time / local':>13}")
     for row in rows:
         print(
