@@ -17,20 +17,24 @@ WORKERS=${4:-2}
 PQ=${PQ:-.venv/bin/pqprune}
 DB=runs/repro-mnist5k.db
 RUNS=runs/repro-mnist5k
-COMMON=(--data mnist5k --seed 0,1,2 --rounds "$ROUNDS" --workers "$WORKERS" --db "$DB" --runs-dir "$RUNS" --quiet)
+COMMON=(--data mnist5k --rounds "$ROUNDS" --workers "$WORKERS" --db "$DB" --runs-dir "$RUNS" --quiet)
 
-study() {  # the Fig. 2 comparison and the scope comparison for one model
-    "$PQ" sweep "$@" --method lt,os,random --scope global "${COMMON[@]}"
-    # SAP's two (p, q) pairs are separate sweeps: a grid over p and q would also make the invalid pair (1, 1).
-    "$PQ" sweep "$@" --method sap --p 0.5 --q 1 --scope global,layer,neuron "${COMMON[@]}"
-    "$PQ" sweep "$@" --method sap --p 1 --q 2 --scope global "${COMMON[@]}"
+study() {  # the Fig. 2 comparison, then the scope comparison, for one model; seed by seed so that an
+           # interrupted study has every method for the seeds it finished
+    for seed in 0 1 2; do
+        "$PQ" sweep "$@" --method lt,os,random --scope global --seed "$seed" "${COMMON[@]}"
+        # SAP's two (p, q) pairs are separate sweeps: a grid over p and q would also make the invalid pair (1, 1).
+        "$PQ" sweep "$@" --method sap --p 0.5 --q 1 --scope global --seed "$seed" "${COMMON[@]}"
+        "$PQ" sweep "$@" --method sap --p 1 --q 2 --scope global --seed "$seed" "${COMMON[@]}"
+    done
+    "$PQ" sweep "$@" --method sap --p 0.5 --q 1 --scope layer,neuron --seed 0,1,2 "${COMMON[@]}"
 }
 study --model mlp --epochs "$MLP_EPOCHS"
 
 # l_q per-neuron pruning: eps relative to B·‖w_i‖₁; 1.5 keeps about 60% of each neuron per round here.
 LQ=(--model mlp --epochs "$MLP_EPOCHS" --method lq --scope neuron)
-"$PQ" sweep "${LQ[@]}" --rule bound --eps 1.5 --relative "${COMMON[@]}"
-"$PQ" sweep "${LQ[@]}" --rule index --q 0.5 "${COMMON[@]}"
+"$PQ" sweep "${LQ[@]}" --rule bound --eps 1.5 --relative --seed 0,1,2 "${COMMON[@]}"
+"$PQ" sweep "${LQ[@]}" --rule index --q 0.5 --seed 0,1,2 "${COMMON[@]}"
 for seed in 0 1 2; do
     # Same per-neuron counts as the bound rule, chosen at random: separates "how many" from "which ones".
     ref=$("$PQ" run "${LQ[@]}" --rule bound --eps 1.5 --relative --data mnist5k --seed "$seed" --rounds "$ROUNDS" \

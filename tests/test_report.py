@@ -17,7 +17,7 @@ from pqprune.cli.app import app
 from pqprune.experiment.settings import RunSettings
 from pqprune.report.build import generate, parse_where, write_report
 from pqprune.report.figures import FIGURES, METHOD_STYLES, method_style
-from pqprune.report.phases import phases, pqi_peak_round
+from pqprune.report.phases import dropped, phases, pqi_peak_round
 from pqprune.report.runs import ReportError, load_groups
 from pqprune.report.summary import summary_row
 from pqprune.store import Store
@@ -118,7 +118,7 @@ def test_summary_numbers(db: Path) -> None:
     assert sap["final_phase"] == "collapse"
     assert lt["final_density"] == pytest.approx(0.8**4)
     assert lt["min_density_within_1pt"] == pytest.approx(0.8**4)  # never more than 0.2 point below dense
-    assert lt["pqi_peak_round"] == 0 and lt["final_phase"] == "regularisation"
+    assert lt["pqi_peak_round"] is None and lt["final_phase"] == "regularisation"  # no compression phase: no peak
 
 
 def test_summary_markdown(report) -> None:
@@ -210,8 +210,46 @@ def test_phases_edge_cases() -> None:
 
 def test_pqi_peak_round() -> None:
     assert pqi_peak_round([0.15, 0.12, 0.16, 0.20, 0.17], [0.9] * 5) == 3
-    assert pqi_peak_round([0.20, 0.15, 0.10], [0.9] * 3) == 0  # no compression: the overall maximum
+    assert pqi_peak_round([0.20, 0.15, 0.10], [0.9] * 3) is None  # no compression phase, so no peak
     assert pqi_peak_round([float("nan")] * 3, [0.9] * 3) is None
+
+
+def test_a_drop_within_the_binomial_noise_is_not_collapse() -> None:
+    """SAP-like: the PQI falls, accuracy wobbles 1.5 points around dense on 450 examples (noise ≈ 2 points)."""
+    pqi = [0.15, 0.13, 0.12, 0.11, 0.10, 0.09]
+    acc = [0.934, 0.946, 0.938, 0.931, 0.944, 0.930]
+    assert phases(pqi, acc)[-1] == "collapse"  # without the noise term: 1.6 points below the best
+    assert phases(pqi, acc, n_examples=450) == ["regularisation"] * 6
+    assert phases(pqi, acc, n_examples=450 * 3)[-1] == "regularisation"  # 3 seeds: noise ≈ 1 point
+    assert phases(pqi, acc, n_examples=100_000)[-1] == "collapse"  # with that many examples the drop is real
+
+
+def test_a_real_collapse_is_seen_through_the_noise() -> None:
+    pqi = [0.15, 0.12, 0.18, 0.25, 0.20, 0.14]  # falls, rises (compression, peak at 3), falls
+    acc = [0.93, 0.94, 0.94, 0.93, 0.80, 0.45]
+    assert phases(pqi, acc, n_examples=450) == [
+        "regularisation",
+        "regularisation",
+        "compression",
+        "compression",
+        "collapse",
+        "collapse",
+    ]
+    assert pqi_peak_round(pqi, acc, n_examples=450) == 3
+
+
+@pytest.mark.parametrize(
+    ("best", "now", "n", "expected"),
+    [
+        (0.94, 0.93, None, False),  # one point: never a drop
+        (0.94, 0.925, None, True),  # more than a point, noise unknown
+        (0.94, 0.925, 450, False),  # 1.5 points < 2 × 1.62 points of noise
+        (0.94, 0.90, 450, True),  # 4 points > 3.4
+        (1.0, 0.985, 450, True),  # perfect accuracy has no noise of its own
+    ],
+)
+def test_dropped(best: float, now: float, n: int | None, expected: bool) -> None:
+    assert dropped(best, now, n) is expected
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -287,3 +325,15 @@ def test_matched_runs_group_by_the_method_of_their_reference(tmp_path: Path) -> 
     assert sorted(by_label) == ["LT", "RandomMatched"]
     assert sorted(by_label["RandomMatched"].seeds) == [0, 1]
     assert by_label["RandomMatched"].settings["reference"] == "LT"
+
+
+def test_examples_behind_accuracies_recovers_the_evaluation_set_size() -> None:
+    import numpy as np
+
+    from pqprune.report.summary import examples_behind
+
+    counts = np.array([[421, 423, 418, 400], [425, 419, 417, 399]])
+    assert examples_behind(counts / 450) == 450
+    assert examples_behind(np.array([0.5, 0.25, 0.75, np.nan])) == 4  # all counts share a factor: a divisor
+    assert examples_behind(np.array([0.9, 0.9, np.nan])) is None  # too little to go by
+    assert examples_behind(np.array([1 / 3, 1 / 7, 1 / 11]), largest=50) is None  # 231 is past the limit

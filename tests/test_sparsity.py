@@ -1,4 +1,4 @@
-"""Sparsity measures against docs/math.md §1–5: the "Checks" values, the axioms of [Diao23] and the Theorem-2 bound."""
+"""Sparsity measures against docs/math.md §1–5 and §9: the worked values, the axioms of [Diao23] and the Theorem-2 bound."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def t64(v) -> torch.Tensor:
     return torch.tensor(v, dtype=torch.float64)
 
 
-# ------------------------------------------------------------------------------------- docs/math.md §2 Checks
+# ------------------------------------------------------------------------------------- docs/math.md §2 worked values
 @pytest.mark.parametrize(
     "p,q,k,expected",
     [
@@ -120,7 +120,7 @@ def test_iid_closed_forms(name, sample, i051, i12):
     assert grid[(1.0, 2.0)] == pytest.approx(i12, abs=0.002)
 
 
-# ------------------------------------------------------------------------------------- docs/math.md §3 Checks
+# ------------------------------------------------------------------------------------- docs/math.md §3 values
 def test_gini_values():
     assert gini(torch.full((50,), -2.0)) == pytest.approx(0.0, abs=1e-12)
     assert gini(k_sparse(400, 1)) == pytest.approx(1 - 1 / 400, abs=1e-12)
@@ -454,6 +454,19 @@ def test_sap_edge_cases():
         sap_prune_count(0.5, 10, 0.5, 1.0, gamma=0)
     with pytest.raises(ValueError, match="beta"):
         sap_prune_count(0.5, 10, 0.5, 1.0, beta=1.5)
+
+
+def test_magnitude_pruning_without_retraining_lowers_the_pqi():
+    """docs/math.md §9: removing the smallest 20% of a fixed N(0,1) vector's survivors, round after round, makes the
+    survivors' I_{0.5,1} fall monotonically (0.153, 0.077, 0.049, 0.034, ...)."""
+    w = torch.randn(400_000, generator=gen(19), dtype=torch.float64)
+    survivors = w[torch.argsort(w.abs(), descending=True, stable=True)]  # largest magnitudes first
+    values = []
+    for _ in range(5):
+        values.append(pq_index(survivors, 0.5, 1.0))
+        survivors = survivors[: survivors.numel() - math.floor(0.2 * survivors.numel())]
+    assert values[:4] == pytest.approx([0.153, 0.077, 0.049, 0.034], abs=0.003)
+    assert all(a > b for a, b in zip(values, values[1:]))
 
 
 # ------------------------------------------------------------------------------------- errors and dtypes

@@ -161,14 +161,22 @@ def _run_locked(
         "identity": res.identity(),
         "settings": res.to_dict(),
     }
-    # What the database's settings JSON holds: the settings, plus (distributed runs only) how they were launched.
-    db_settings = {**res.to_dict(), "launch": ctx.describe()} if ctx.active else res.to_dict()
+    # What the database's settings JSON holds: the settings, the sizes of the data splits (the binomial noise of an
+    # accuracy depends on them, docs/math.md §9) and, for distributed runs only, how they were launched.
+    examples = {"train": len(prep.data.train), "val": len(prep.data.val), "test": len(prep.data.test)}
+    db_settings = {**res.to_dict(), "examples": examples}
     if ctx.active:
-        settings_doc["launch"] = ctx.describe()
+        db_settings["launch"] = settings_doc["launch"] = ctx.describe()
 
     if last_done == res.rounds:  # finished: reuse
         run = store.get_run(rd.run_id)
-        if run is None or run["status"] != "finished" or run["rounds_done"] != res.rounds + 1:
+        # Also refreshed: runs of 0.1.0, whose stored settings lack the split sizes.
+        if (
+            run is None
+            or run["status"] != "finished"
+            or run["rounds_done"] != res.rounds + 1
+            or ("examples" not in run["settings"])
+        ):
             store.start_run(rd.run_id, run_hash, db_settings)
             _sync_store(store, rd, res.rounds)
             store.set_status(rd.run_id, "finished")

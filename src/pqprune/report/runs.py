@@ -44,6 +44,7 @@ class MethodRuns:
     run_ids: list[str] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)
     rounds: list[list[dict[str, Any]]] = field(default_factory=list)  # per seed, by round
+    examples: list[dict[str, int]] = field(default_factory=list)  # per seed: examples per data split, if recorded
 
     @property
     def n_rounds(self) -> int:
@@ -184,6 +185,7 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
         mr.run_ids.append(run["run_id"])
         mr.seeds.append(s.get("seed"))
         mr.rounds.append(rounds)
+        mr.examples.append(dict(run["settings"].get("examples") or {}))
     out = []
     for (data, model, scope), configs in sorted(groups.items()):
         methods = list(configs.values())
