@@ -104,7 +104,7 @@ def test_a_killed_process_of_this_machine_loses_its_claim_at_once(db_url: str) -
         proc.wait()
 
 
-def _race(db: str, start: mp.synchronize.Event, won: mp.Queue) -> None:
+def _race(db: str, start: mp.synchronize.Event, done: mp.synchronize.Event, won: mp.Queue) -> None:
     with Store(db) as store:
         start.wait(60)
         try:
@@ -113,23 +113,24 @@ def _race(db: str, start: mp.synchronize.Event, won: mp.Queue) -> None:
             won.put(None)
             return
         won.put(lease.claimant.owner)
-        time.sleep(2)  # hold it until every contender has tried
+        done.wait(90)  # hold it until every contender has tried
         lease.__exit__(None, None, None)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_processes_racing_for_a_run_one_wins(db_url: str) -> None:
     Store(db_url).close()
     ctx = mp.get_context("spawn")
-    start, won = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(db_url, start, won)) for _ in range(4)]
+    start, done, won = ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(db_url, start, done, won)) for _ in range(3)]
     for p in procs:
         p.start()
     time.sleep(0.5)
     start.set()
     results = [won.get(timeout=90) for _ in procs]
+    done.set()
     for p in procs:
         p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 4
+    assert [p.exitcode for p in procs] == [0] * 3
     assert sum(r is not None for r in results) == 1
