@@ -77,6 +77,14 @@ def _assert_same(got: dict[str, dict], want: dict[str, dict]) -> None:
         assert all(torch.equal(g["masks"][k], w["masks"][k]) for k in w["masks"]), run_id
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_count() -> Iterator[None]:
+    """`theory mc` sets the process's torch threads (--threads 1); later tests must find them as they were."""
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[Any]:
     """A real local Ray instance with two worker CPUs, shared by the module (sweeps use it rather than start one)."""
