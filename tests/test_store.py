@@ -185,7 +185,7 @@ def test_several_processes_writing_at_once_lose_no_row(db_url: str) -> None:
     Store(db_url).close()
     ctx = mp.get_context("spawn")
     start = ctx.Event()
-    n_writers, n_rounds, n_units = 3, 100, 10
+    n_writers, n_rounds, n_units = 2, 60, 10
     procs = [ctx.Process(target=_writer, args=(db_url, f"w{i}", n_rounds, n_units, start)) for i in range(n_writers)]
     for p in procs:
         p.start()
