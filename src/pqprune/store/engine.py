@@ -13,6 +13,7 @@ a server restart costs one reconnect; an error that a restart or a dropped conne
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -26,6 +27,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
 T = TypeVar("T")
+log = logging.getLogger("pqprune.store")
 
 # A writer waits this long for another SQLite writer's lock before giving up; a sweep's rounds take milliseconds
 # to write, so only a hung process could exhaust it.
@@ -162,17 +164,13 @@ def is_transient(err: BaseException) -> bool:
     return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
 
 
-def retrying(
-    attempt: Callable[[], T],
-    what: str,
-    retry_seconds: float = RETRY_SECONDS,
-    on_retry: Callable[[BaseException, float], None] | None = None,
-) -> T:
+def retrying(attempt: Callable[[], T], what: str, retry_seconds: float = RETRY_SECONDS) -> T:
     """``attempt()``, repeated after transient errors (:func:`is_transient`) with exponential backoff and jitter
     (0.05 s doubling up to 5 s) for at most ``retry_seconds``; other database errors become :class:`StoreError`
     naming ``what``.
 
-    ``attempt`` must be one whole transaction, so a failed one left nothing behind and repeating it is safe.
+    ``attempt`` must be one whole transaction, so a failed one left nothing behind and repeating it is safe. The
+    first retry of an outage is logged as a warning (logger ``pqprune.store``).
     """
     deadline = time.monotonic() + retry_seconds
     delay = _BACKOFF_FIRST
@@ -183,7 +181,9 @@ def retrying(
             if not is_transient(err) or time.monotonic() + delay > deadline:
                 detail = getattr(err, "orig", None) or err
                 raise StoreError(f"{what}: {type(err).__name__}: {str(detail).strip()}") from err
-            if on_retry is not None:
-                on_retry(err, delay)
+            if delay == _BACKOFF_FIRST:  # once per outage, not once per attempt
+                log.warning(
+                    "%s: %s; retrying for up to %.0f s", what, str(getattr(err, "orig", err)).strip(), retry_seconds
+                )
             time.sleep(delay * random.uniform(1.0, 1.5))
             delay = min(2 * delay, _BACKOFF_MAX)
