@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_measures.py
 	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_runner.py
 	$(BIN)/python bench/bench_export.py
 	$(BIN)/python bench/bench_sweep.py
 
