@@ -20,7 +20,7 @@ from pqprune.report.figures import FIGURES, METHOD_STYLES, method_style
 from pqprune.report.phases import dropped, phases, pqi_peak_round
 from pqprune.report.runs import ReportError, load_groups
 from pqprune.report.summary import summary_row
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 runner = CliRunner()
 

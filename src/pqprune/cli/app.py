@@ -19,6 +19,7 @@ app = typer.Typer(
     context_settings=CONTEXT,
 )
 err_console = Console(stderr=True)
+DB_HELP = "Results database: an SQLite file, or a PostgreSQL URL postgresql://user@host/db (docs/database.md)."
 
 
 def _version(value: bool) -> None:
@@ -75,7 +76,7 @@ def _input_errors() -> tuple:
     from pqprune.experiment.data.registry import DatasetNotFound
     from pqprune.experiment.settings import SettingsError
     from pqprune.files import FileFormatError
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError
 
     return (SettingsError, DatasetNotFound, StoreError, FileFormatError)
 

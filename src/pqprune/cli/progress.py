@@ -102,7 +102,7 @@ class _RunDisplay:
                 if event["reused"]
                 else (0 if event["resumed_from"] is None else event["resumed_from"] + 1)
             )
-            self.progress.update(task, completed=done, info=_start_note(event))
+            self.progress.update(task, total=event["rounds"], completed=done, info=_start_note(event))
         elif kind == "round":
             self.progress.reset(self._task(run_id, "epochs", event["epochs"]), total=event["epochs"], info="")
         elif kind == "epoch":
@@ -117,5 +117,7 @@ class _RunDisplay:
             epochs = self.tasks.pop((run_id, "epochs"), None)
             if epochs is not None:
                 self.progress.remove_task(epochs)
+        elif kind == "waiting":  # another process (another sweep, another machine) holds the run
+            self.progress.update(self._task(run_id, "rounds", 1), info="computed elsewhere: waiting for it")
         elif kind == "skipped":
             self.progress.add_task(f"{run_id} rounds", total=1, completed=1, info="finished earlier: skipped")

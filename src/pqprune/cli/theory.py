@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import CONTEXT, _csv_values, app, err_console, fail
+from pqprune.cli.app import CONTEXT, DB_HELP, _csv_values, app, err_console, fail
 from pqprune.cli.tables import _g, _print_rows, _text_table
 from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
@@ -222,7 +222,7 @@ def theory_mc_command(
     steps: int = typer.Option(15, "--steps", help="Steps per ascent."),
     delta: float = typer.Option(0.1, "--delta", help="δ in (0, 1): also report the gap the bound guarantees w.p. 1−δ."),
     seed: int = typer.Option(0, "--seed", help="Seed (the same for every configuration)."),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file): table `theory`."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP + " Cells go to table `theory`."),
     out: str = typer.Option("report", "--out", help="Folder of the figure theory_mc.png and theory_mc.json."),
     threads: int = typer.Option(1, "--threads", help="torch threads (small networks run fastest on one)."),
     as_json: bool = typer.Option(False, "--json", help="Print the cells as JSON instead of a table."),
@@ -236,7 +236,7 @@ def theory_mc_command(
 
     import torch
 
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError, describe
     from pqprune.theory.mc_study import monte_carlo_grid, plot_grid, save_grid
 
     grid = dict(
@@ -317,7 +317,7 @@ def theory_mc_command(
         f"Monte-Carlo pruning gap on the unit ball ({dist} weights, N={draws}, seed {seed})", headers, rows, markdown
     )
     err_console.print(
-        f"study {cells[0].settings['study']}: {len(cells)} cells in {db} (table theory); figure {figure}",
+        f"study {cells[0].settings['study']}: {len(cells)} cells in {describe(db)} (table theory); figure {figure}",
         highlight=False,
         soft_wrap=True,
     )

@@ -34,7 +34,7 @@ from pqprune.measure.sums import map_units, power_sums, reduce_scope
 from pqprune.measure.weights import GLOBAL
 from pqprune.prune.methods.base import UnitRecord
 from pqprune.prune.pruner import Pruner
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 # The pair every round's PQI is reported with (docs/math.md §2's default), whatever the method decides with, so that
 # runs of different methods are comparable in the database.

@@ -25,11 +25,11 @@ from pqprune.experiment import distributed
 from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
 from pqprune.experiment.method_context import run_method
 from pqprune.experiment.prepare import Prepared, prepare
-from pqprune.experiment.rundir import RUN_FORMAT, RUN_VERSION, RunDir
+from pqprune.experiment.rundir import RUN_FORMAT, RUN_VERSION, RunBusy, RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
 from pqprune.experiment.train import choose_threads, resolve_device
 from pqprune.files import FileFormatError, read_json_document
-from pqprune.store.database import DEFAULT_DB, Store
+from pqprune.store import DEFAULT_DB, ClaimHeld, Lease, Store
 
 
 def _sync_store(store: Store, rd: RunDir, upto: int) -> None:
@@ -49,7 +49,7 @@ def run_experiment(
 ) -> RunResult:
     """Run (or resume, or reuse) the prune–retrain loop of ``settings``; see the module docstring.
 
-    ``db`` is an open :class:`~pqprune.store.Store` or a database path. ``progress`` receives event dicts
+    ``db`` is an open :class:`~pqprune.store.Store`, an SQLite file path or a PostgreSQL URL. ``progress`` receives event dicts
     (``event`` = ``start``, ``round``, ``epoch``, ``round_end``, ``end``) for display.
 
     Raises :class:`SettingsError`, :class:`pqprune.experiment.data.DatasetNotFound` or :class:`~pqprune.store.StoreError`
@@ -59,7 +59,7 @@ def run_experiment(
     propagates; on any other error it is marked ``failed``.
 
     Launched by torchrun with several processes (docs/distributed.md), every process calls this with the same
-    arguments: all train together under DDP; only rank 0 opens the database, takes the run's lock, writes files
+    arguments: all train together under DDP; only rank 0 opens the database, claims the run, writes files
     and reports progress. The other ranks return a result with the rounds they computed (the database's rows
     are rank 0's). The number of processes is not part of the run's identity.
     """
@@ -78,14 +78,27 @@ def run_experiment(
             try:
                 _check_runs_dir(Path(runs_dir))
                 store = stack.enter_context(_open_store(db))
-                stack.enter_context(rd.lock())
+                lease = stack.enter_context(_claim(store, rd))
                 last_done = _resume_point(rd, res, run_hash)
                 load_initial = rd.initial.exists() and last_done is not None
             except BaseException as err:
                 distributed.announce_start(ctx, error=f"{type(err).__name__}: {err}")
                 raise
             distributed.announce_start(ctx, {"last_done": last_done, "load_initial": load_initial})
-            return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx)
+            return _run_locked(prep, rd, store, lease, run_hash, progress, last_done, load_initial, ctx)
+
+
+@contextlib.contextmanager
+def _claim(store: Store, rd: RunDir) -> Iterator[Lease]:
+    """The claim on the run in the results database (a lease every machine sees), or :class:`RunBusy`."""
+    try:
+        lease = store.claim(rd.run_id).__enter__()
+    except ClaimHeld as err:
+        raise RunBusy(str(err)) from None
+    try:
+        yield lease
+    finally:
+        lease.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -166,6 +179,7 @@ def _run_locked(
     prep: Prepared,
     rd: RunDir,
     store: Store,
+    lease: Lease,
     run_hash: str,
     progress: Progress,
     last_done: int | None,
@@ -249,18 +263,27 @@ def _run_locked(
             }
         )
         for t in range(first, res.rounds + 1):
+            lease.check()  # a process that lost the run to another must not write it any further
             loop.round(t)
         status = "finished"
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted (Ctrl-C or SIGTERM); rerun the same command to resume"
+        # The signal may land between a round's JSON (which completes it) and its database row: write the rows
+        # of every complete round now, so the database agrees with the files.
+        if not lease.lost:
+            with contextlib.suppress(Exception):
+                done = rd.finished_rounds()
+                if done:
+                    _sync_store(store, rd, done[-1])
         raise
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         raise
     finally:
         seconds = time.perf_counter() - start
-        with contextlib.suppress(Exception):  # never mask the original error with a database one
-            store.set_status(rd.run_id, status, add_seconds=seconds, message=message)
+        if not lease.lost:  # the run's status is its new holder's to set
+            with contextlib.suppress(Exception):  # never mask the original error with a database one
+                store.set_status(rd.run_id, status, add_seconds=seconds, message=message)
         progress({"event": "end", "run_id": rd.run_id, "status": status, "reused": False})
     run = store.get_run(rd.run_id)
     return RunResult(

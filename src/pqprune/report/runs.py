@@ -142,14 +142,18 @@ def load_groups(db_path: str | Path, where: Mapping[str, Any] | None = None) -> 
     Raises:
         ReportError: no database at ``db_path``, or no run with rounds matches.
     """
-    from pqprune.store.database import Store, StoreError
+    from pqprune.store import Store, StoreError, describe, exists
 
-    path = Path(db_path)
-    if not path.is_file():
+    try:
+        path = describe(db_path)  # a server's password never reaches a message or a page
+        found = exists(db_path)
+    except StoreError as err:
+        raise ReportError(str(err)) from err
+    if not found:
         raise ReportError(f"no results database at {path} (run `pqprune run` or `pqprune demo` first, or pass --db)")
     try:
         where = canonical_where(where)
-        with Store(path) as store:
+        with Store(db_path) as store:
             runs = store.list_runs(where=where)
             all_runs = store.list_runs()
             everything = [run["settings"] for run in all_runs] if not runs else []  # for the error message

@@ -191,7 +191,7 @@ def monte_carlo_grid(
                 )
             )
         if db is not None:
-            from pqprune.store.database import Store, record_theory_cells
+            from pqprune.store import Store, record_theory_cells
 
             with Store(db) as store:
                 record_theory_cells(store, [c.as_dict() for c in group])
