@@ -1,10 +1,11 @@
 """Data sets by name, as in-memory tensors with seeded train / validation / test splits.
 
 Built in (no file, no network): ``mnist5k``, ``digits``, ``mnist1d``, ``teacher``. Read from a folder in
-torchvision's on-disk layout: ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``.
+torchvision's on-disk layout: ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``; in its own
+official layout: ``tinyimagenet``.
 """
 
-from pqprune.experiment.data import builtin, folders  # noqa: F401  (registers the data sets)
+from pqprune.experiment.data import builtin, folders, tinyimagenet  # noqa: F401  (registers the data sets)
 from pqprune.experiment.data.builtin import TEACHER_DISTS, Teacher, make_teacher, teacher_rows
 from pqprune.experiment.data.folders import read_cifar_batch, read_idx
 from pqprune.experiment.data.registry import (
