@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,postgres,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,7 +38,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_measures.py
 	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_runner.py
 	$(BIN)/python bench/bench_export.py
+	$(BIN)/python bench/bench_sweep.py
 
 # Removes the environment and build leftovers, never results (runs/ holds the results database and checkpoints).
 clean:

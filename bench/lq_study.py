@@ -20,7 +20,7 @@ import numpy as np
 
 from pqprune.plotting import new_figure, save_png
 from pqprune.report.runs import _label, _normalised
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 # (label prefix, scope) of the methods compared, in table order.
 METHODS = (

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from postgres_server import PostgresServer, find_binaries
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
@@ -25,3 +27,32 @@ def one_thread() -> Iterator[None]:
 def out_args(tmp_path: Path) -> list[str]:
     """``--db`` and ``--runs-dir`` options that keep a CLI test's results inside its temporary folder."""
     return ["--db", str(tmp_path / "out" / "db.sqlite"), "--runs-dir", str(tmp_path / "out" / "runs")]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/postgres_server.py); skipped only without its binaries."""
+    binaries = find_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install PostgreSQL to run these tests")
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed: pip install 'pqprune[postgres]'")
+    server = PostgresServer(binaries)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A results database of each backend: an SQLite file path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs" / "pqprune.db")
+    return str(request.getfixturevalue("postgres_url"))

@@ -26,7 +26,7 @@ from pqprune.experiment.runner import run_experiment
 from pqprune.experiment.settings import RunSettings
 from pqprune.experiment.train import TrainConfig, _Score, evaluate, train_epochs
 from pqprune.files import load_state_dict
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 pytestmark = pytest.mark.end_to_end  # whole commands/runs: in `make test`, not `make test-fast`
 

@@ -17,7 +17,7 @@ from pqprune.experiment.settings import RunSettings, SettingsError, load_config
 from pqprune.experiment.sweep import expand_grid
 from pqprune.files import load_state_dict
 from pqprune.report.summary import summarize
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 # The tiny configuration of the issue: digits + MLP, 3 rounds × 1 epoch (≈1 s).
 TINY = RunSettings(data="digits", model="mlp", rounds=3, epochs=1)
@@ -246,7 +246,8 @@ def test_sigkill_mid_round_then_resume_is_identical(tmp_path: Path, reference: d
     with Store(db) as s:
         assert s.get_run(TINY.run_id())["status"] == "running"  # the process died without a word
         assert len(s.rounds(TINY.run_id())) == 2
-    assert not RunDir(runs, TINY.run_id()).is_live()  # the OS released its lock: `pqprune runs` says "stale"
+        claims = s.live_claims()
+    assert TINY.run_id() not in claims  # its claim died with its process: `pqprune runs` says "stale"
     resumed = run_experiment(TINY, db, runs)
     assert resumed.status == "finished" and resumed.resumed_from == 1
     assert _metrics(resumed.rounds) == _metrics(reference["result"].rounds)
@@ -327,7 +328,7 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not (tmp_path / "out").exists()
     a_file = tmp_path / "file"
     a_file.write_text("")
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError
 
     with pytest.raises(StoreError, match="is a file, not a folder"):
         run_experiment(TINY, a_file / "db.sqlite", runs)
@@ -337,8 +338,29 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_run_computed_elsewhere_is_busy(tmp_path: Path) -> None:
-    rd = RunDir(tmp_path / "runs", TINY.run_id())
-    with rd.lock():
-        assert rd.is_live()
+    with Store(tmp_path / "db.sqlite") as store, store.claim(TINY.run_id()):
         with pytest.raises(RunBusy, match="another process"):
             run_experiment(TINY, tmp_path / "db.sqlite", tmp_path / "runs")
+        assert store.get_run(TINY.run_id()) is None  # nothing written
+    result = run_experiment(TINY, tmp_path / "db.sqlite", tmp_path / "runs")  # released: it runs
+    assert result.status == "finished"
+
+
+def test_threads_are_recorded_with_library_versions_and_not_in_the_identity(tmp_path: Path) -> None:
+    import numpy as np
+
+    one = TINY.replace(rounds=0, threads=1)
+    assert one.run_id() == TINY.replace(rounds=0).run_id() == TINY.replace(rounds=0, threads=2).run_id()
+    old = torch.get_num_threads()
+    result = run_experiment(one, tmp_path / "db.sqlite", tmp_path / "runs")
+    assert torch.get_num_threads() == old  # the process's count is restored
+    env = json.loads((result.path / "settings.json").read_text())["environment"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+    assert {"pqprune", "python", "platform", "device"} <= set(env)
+    with Store(tmp_path / "db.sqlite") as s:
+        assert s.get_run(one.run_id())["settings"]["environment"] == env
+    # Reused with another thread count: the record stays that of the computation.
+    again = run_experiment(TINY.replace(rounds=0, threads=2), tmp_path / "db.sqlite", tmp_path / "runs")
+    assert again.reused and json.loads((again.path / "settings.json").read_text())["environment"] == env
+    with pytest.raises(SettingsError, match="threads"):
+        TINY.replace(threads=-1).validate()

@@ -34,8 +34,14 @@ def test_sap_record_and_pruned_are_smallest():
     w = _gauss(10_000)
     plan = SAP().plan({"w": w}, {}, "layer", 0)
     (rec,) = plan.records
-    assert rec.d == 10_000 and rec.c == plan.counts["w"] and rec.r + rec.c <= rec.d + 1
-    assert rec.c == math.floor(rec.d * (1 - rec.r / rec.d) + 1e-9)  # γ = 1, no clip: c = d − r
+    assert (
+        rec.survivors == 10_000
+        and rec.pruned == plan.counts["w"]
+        and rec.retained_target + rec.pruned <= rec.survivors + 1
+    )
+    assert rec.pruned == math.floor(
+        rec.survivors * (1 - rec.retained_target / rec.survivors) + 1e-9
+    )  # γ = 1, no clip: c = d − r
     assert rec.index == pytest.approx(0.1528, abs=0.01) and not rec.beta_clipped
     sel = select_prune(plan.scores, plan.counts, "layer")["w"]
     assert float(w[sel].abs().max()) <= float(w[~sel].abs().min())
@@ -62,13 +68,13 @@ def test_sap_beta_cap_and_index_zero():
     w = torch.zeros(1, 1000)
     w[0, :10] = 1.0  # very sparse: SAP wants 990
     rec = SAP(beta=0.9).plan({"w": w}, {}, "layer", 0).records[0]
-    assert rec.c == 900 and rec.beta_clipped and rec.r == 10
+    assert rec.pruned == 900 and rec.beta_clipped and rec.retained_target == 10
     rec = SAP(beta=0.5, gamma=4.0).plan({"w": _gauss(1000)}, {}, "layer", 0).records[0]
-    assert rec.c == 500 and rec.beta_clipped
+    assert rec.pruned == 500 and rec.beta_clipped
     rec = SAP().plan({"w": torch.full((1, 1000), -0.3)}, {}, "layer", 0).records[0]
-    assert rec.index == pytest.approx(0.0, abs=1e-5) and rec.c == 0
+    assert rec.index == pytest.approx(0.0, abs=1e-5) and rec.pruned == 0
     rec = SAP().plan({"w": torch.zeros(1, 10)}, {}, "layer", 0).records[0]
-    assert math.isnan(rec.index) and rec.c == 0  # degenerate unit: nothing to prune
+    assert math.isnan(rec.index) and rec.pruned == 0  # degenerate unit: nothing to prune
 
 
 @pytest.mark.parametrize(("p", "q"), [(0.5, 1.0), (1.0, 2.0)])
@@ -78,7 +84,7 @@ def test_sap_equal_magnitude_k_sparse_prunes_its_zeros(p, q):
     pos = torch.randperm(d, generator=torch.Generator().manual_seed(0))[:k]
     w[0, pos] = torch.where(torch.arange(k) % 2 == 0, 0.7, -0.7)
     plan = SAP(p, q).plan({"w": w}, {}, "layer", 0)
-    assert plan.counts["w"] == d - k and plan.records[0].r == k
+    assert plan.counts["w"] == d - k and plan.records[0].retained_target == k
     sel = select_prune(plan.scores, plan.counts, "layer")["w"]
     assert torch.equal(sel, w == 0)
 
@@ -123,7 +129,7 @@ def test_one_shot_masks_come_from_round0_weights():
     pr = Pruner(_net(), OneShot(target_density=0.1), scope="layer")
     pr.step()
     assert pr.density() == pytest.approx(0.1, abs=1e-3)
-    assert all(r.c == 0 for r in pr.step())
+    assert all(r.pruned == 0 for r in pr.step())
 
 
 @pytest.mark.parametrize("rounds", [1, 3])
@@ -159,7 +165,7 @@ def test_random_pruning_reproducible_and_exact():
     assert all(torch.equal(m1[n], m2[n]) for n in m1)
     assert any(not torch.equal(m1[n], m3[n]) for n in m1)
     for rec in recs:
-        assert rec.c == math.floor(0.3 * rec.d + 1e-9)
+        assert rec.pruned == math.floor(0.3 * rec.survivors + 1e-9)
     assert (~m1["0.weight"]).sum(1).tolist() == [15] * 40  # floor(0.3 · 50) per row
 
 

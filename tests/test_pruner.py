@@ -139,16 +139,16 @@ def test_invariants_over_many_rounds(method, scope, seed):
         now = pr.masks
         pruned = {n: prev[n] & ~now[n] for n in now}
         assert all(not (now[n] & ~prev[n]).any() for n in now)  # masks only shrink
-        assert sum(r.c for r in recs) == sum(int(v.sum()) for v in pruned.values())  # exact counts
+        assert sum(r.pruned for r in recs) == sum(int(v.sum()) for v in pruned.values())  # exact counts
         if scope == "layer":
-            assert {r.unit: r.c for r in recs} == {n: int(v.sum()) for n, v in pruned.items()}
-            assert all(r.d == int(prev[r.unit].sum()) for r in recs)
+            assert {r.unit: r.pruned for r in recs} == {n: int(v.sum()) for n, v in pruned.items()}
+            assert all(r.survivors == int(prev[r.unit].sum()) for r in recs)
         if scope == "neuron":
             per_row = torch.cat([as_rows(v).sum(1) for v in pruned.values()]).tolist()
-            assert [r.c for r in recs] == per_row
+            assert [r.pruned for r in recs] == per_row
         if scope == "global":
             (rec,) = recs
-            assert rec.d == sum(int(m.sum()) for m in prev.values())
+            assert rec.survivors == sum(int(m.sum()) for m in prev.values())
         _assert_pruned_zero(pr)
         prev = now
 
@@ -373,4 +373,42 @@ def test_full_width_resnet18_step():
     assert n > 11_000_000
     pr = Pruner(model, SAP(), scope="global")
     (rec,) = pr.step()
-    assert rec.d == n and int(sum((~m).sum() for m in pr.masks.values())) == rec.c
+    assert rec.survivors == n and int(sum((~m).sum() for m in pr.masks.values())) == rec.pruned
+
+
+def test_unit_record_names_and_deprecated_aliases():
+    torch.manual_seed(0)
+    pr = Pruner(mlp(), RandomPruning(0.25), scope="layer")
+    pr.step()
+    rec = pr.step()[0]  # second round of the 64×32 layer: 1,536 survive, a quarter of them go
+    assert (rec.unit, rec.survivors, rec.pruned, rec.retained_target) == ("1.weight", 1536, 384, 1152)
+    assert not rec.beta_clipped
+    assert set(rec.to_dict()) == {"unit", "survivors", "index", "retained_target", "pruned", "beta_clipped"}
+    for old, new in (("d", "survivors"), ("r", "retained_target"), ("c", "pruned")):
+        with pytest.warns(DeprecationWarning, match=f"UnitRecord.{old} is deprecated.*UnitRecord.{new}"):
+            assert getattr(rec, old) == getattr(rec, new)
+
+
+def test_a_bad_scope_fails_where_it_is_set():
+    pr = Pruner(mlp(), "sap")
+    assert pr.scope == "global"  # the method's default, as in `pqprune run`
+    with pytest.raises(ValueError, match="scope must be one of .* got 'layers'"):
+        pr.scope = "layers"
+    assert pr.scope == "global" and pr.step()  # the bad value was never taken
+    pr.scope = "neuron"
+    assert pr.step()[0].unit.endswith("[0]")
+    with pytest.raises(ValueError, match="got 'row'"):
+        Pruner(mlp(), "sap", scope="row")
+    assert Pruner(mlp(), "lq").scope == "neuron"
+    old = pickle.loads(pickle.dumps(pr))
+    assert old.scope == "neuron"
+
+
+def test_load_masks_of_a_missing_file_names_it(tmp_path):
+    from pqprune.files import FileFormatError
+
+    missing = tmp_path / "nope.safetensors"
+    for load in (load_masks, Pruner(mlp(), "sap").load_masks):
+        with pytest.raises(FileNotFoundError, match="nope.safetensors: no such file") as info:
+            load(missing)
+        assert info.value.filename == str(missing) and isinstance(info.value, FileFormatError)

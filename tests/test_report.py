@@ -20,7 +20,7 @@ from pqprune.report.build import generate, parse_where, write_report
 from pqprune.report.figures import FIGURES, METHOD_STYLES, method_style
 from pqprune.report.runs import ReportError, load_groups
 from pqprune.report.summary import summary_cells, summary_row
-from pqprune.store.database import Store
+from pqprune.store import Store
 
 runner = CliRunner()
 

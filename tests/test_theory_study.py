@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from pqprune import theory
 from pqprune.cli import app
 from pqprune.prune.methods import LqNeuron
-from pqprune.store.database import THEORY_COLUMNS, Store, record_theory_cells, theory_cells
+from pqprune.store import Store, record_theory_cells, theory_cells
+from pqprune.store.schema import THEORY_COLUMNS
 from pqprune.theory import mc_study as MC
 from pqprune.theory import teacher_study as S
 

@@ -7,6 +7,7 @@ crash or Ctrl-C leaves either the old file or the new one, never half of one. Pi
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -24,6 +25,18 @@ from torch import Tensor
 
 class FileFormatError(ValueError):
     """A file is missing, unreadable, corrupt or of the wrong kind; the message names the file."""
+
+
+class MissingFileError(FileFormatError, FileNotFoundError):
+    """A file that is not there: a :class:`FileFormatError` like every bad input file, and a
+    ``FileNotFoundError`` (``errno``, ``filename`` set) for code that catches the built-in one."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(f"{path}: no such file")
+        self.errno, self.strerror, self.filename = errno.ENOENT, "no such file", str(path)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def finite_or_none(x: Any) -> Any:
@@ -59,6 +72,11 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions a plain ``open(path, "w")`` would have: ``0o666`` less the umask."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
 
@@ -71,8 +89,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        tmp.chmod(0o666 & ~_umask())
         write(tmp)
+        follow_umask(tmp)  # after writing: a writer may replace the file (safetensors does, as 0600)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -133,7 +151,7 @@ def check_format(
 
     ``what`` names the kind of file in errors ("mask file", "round checkpoint", …). Files written by pqprune 0.1.0
     carry no version, some no format either: ``unversioned`` is the version such a file is read as (None: the
-    version is required). Round JSON documents of 0.1.0 kept their version under ``"version"``.
+    version is required). Round JSON documents and pruner states of 0.1.0 kept their version under ``"version"``.
 
     Raises:
         FileFormatError: naming ``path``: another format, an unreadable version, or one newer than this reads.
@@ -229,7 +247,7 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
-        raise FileFormatError(f"{path}: no such file")
+        raise MissingFileError(path)
     if not path.is_file():
         raise FileFormatError(f"{path}: not a file")
     return path

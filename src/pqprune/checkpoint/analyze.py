@@ -5,17 +5,18 @@ PQ Index, Gini and the fraction SAP would keep now, optionally per-neuron PQI su
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pqprune.files import finite_or_none
-from pqprune.measure.indices import check_pq, gini, pq_from_sums, sap_prune_count
+from pqprune.measure.gini_index import gini_layers_and_global
+from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import RowStats, map_units, power_sums, reduce_scope
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
-from pqprune.prune.select import magnitude_scores, select_prune
+from pqprune.prune.select import magnitude_scores, select_keep
 
 Report = dict[str, Any]
 
@@ -40,8 +41,8 @@ def _global_keep(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | Non
     """
     if prune == 0:
         return {n: _survivors(w, masks.get(n)) for n, w in weights.items()}
-    chosen = select_prune(magnitude_scores(weights), {GLOBAL: prune}, "global", alive=masks)
-    return {n: _survivors(w, masks.get(n)) - int(chosen[n].sum()) for n, w in weights.items()}
+    keep = select_keep(magnitude_scores(weights), {GLOBAL: prune}, "global", alive=masks)
+    return {n: int(torch.count_nonzero(keep[n])) for n in weights}
 
 
 def _survivors(w: Tensor, m: Tensor | None) -> int:
@@ -83,9 +84,7 @@ def analyze(
 
     layer_pqi = {n: float(v[0]) for n, v in map_units(layer_units, pqi).items()}
     global_pqi = float(pqi(global_unit)[0])
-    layer_gini = gini(weights, "layer", matched)
-    global_gini = cast(float, gini(weights, "global", matched))
-    assert isinstance(layer_gini, dict)
+    layer_gini, global_gini = gini_layers_and_global(weights, {n: m for n, m in matched.items() if m is not None})
 
     survivors = {n: _survivors(w, matched[n]) for n, w in weights.items()}
     neuron_pqi: dict[str, Tensor] = {}

@@ -77,7 +77,12 @@ def analyze(
     ),
     p: float = typer.Option(0.5, "--p", help="PQ Index exponent p (0 < p < q)."),
     q: float = typer.Option(1.0, "--q", help="PQ Index exponent q."),
-    scope: str = typer.Option("layer", "--scope", help="Unit of SAP's decision: global, layer or neuron."),
+    scope: str = typer.Option(
+        "layer",
+        "--scope",
+        help="Unit of SAP's decision: global, layer or neuron (layer: what each layer alone allows; run and Pruner "
+        "default to the method's scope, global for all but lq).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (NaN as null)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per layer and a 'global' row."),
     input_shape: str | None = typer.Option(

@@ -19,6 +19,7 @@ app = typer.Typer(
     context_settings=CONTEXT,
 )
 err_console = Console(stderr=True)
+DB_HELP = "Results database: an SQLite file, or a PostgreSQL URL postgresql://user@host/db (docs/database.md)."
 
 
 def _version(value: bool) -> None:
@@ -44,22 +45,27 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def stopped(err: KeyboardInterrupt, kept: str) -> NoReturn:
+    """After Ctrl-C or SIGTERM: one line saying what is kept and how to resume; exit 130 or 143 as a shell would."""
+    from pqprune.experiment.signals import Terminated, exit_code
+
+    how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+    err_console.print(f"{how}: {kept}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=exit_code(err))
+
+
 def main() -> None:
     app()
 
 
 def _parse_kv(items: list[str] | None, what: str) -> dict:
     """``KEY=VALUE`` pairs of option ``what`` (numbers, booleans, lists like [64,64]); a bad one fails (exit 2)."""
-    from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+    from pqprune.experiment.settings import SettingsError, parse_assignments
 
-    out = {}
-    for item in items or []:
-        try:
-            key, value = parse_assignment(item, what)
-        except SettingsError as err:
-            fail(str(err))
-        out[key] = parse_value(value)
-    return out
+    try:
+        return parse_assignments(items or [], what)
+    except SettingsError as err:
+        fail(str(err))
 
 
 _INPUT_ERRORS: tuple = ()
@@ -70,7 +76,7 @@ def _input_errors() -> tuple:
     from pqprune.experiment.data.registry import DatasetNotFound
     from pqprune.experiment.settings import SettingsError
     from pqprune.files import FileFormatError
-    from pqprune.store.database import StoreError
+    from pqprune.store import StoreError
 
     return (SettingsError, DatasetNotFound, StoreError, FileFormatError)
 

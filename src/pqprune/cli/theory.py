@@ -7,9 +7,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from pqprune.cli.app import CONTEXT, _csv_values, app, err_console, fail
-from pqprune.cli.tables import _g, _print_rows
-from pqprune.files import save_json_document
+from pqprune.cli.app import CONTEXT, DB_HELP, _csv_values, app, err_console, fail
+from pqprune.cli.tables import _g, _print_rows, _text_table
 from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
@@ -22,7 +21,10 @@ from pqprune.theory.moments import magnitude_moment_normal, magnitude_moment_uni
 @app.command("bound")
 def bound_command(
     checkpoint: str | None = typer.Option(
-        None, "--checkpoint", help="State dict (.safetensors/.pt): ℓ_q bound per layer."
+        None,
+        "--checkpoint",
+        help="State dict (.safetensors/.pt; exact zeros count as pruned) or a run folder (runs/<run_id>: its last "
+        "round's weights and masks): ℓ_q bound per layer.",
     ),
     eps: float | None = typer.Option(
         None, "--eps", help="Tolerance ε (gap on the unit ball, or ℓ_q per-neuron tolerance)."
@@ -46,23 +48,24 @@ def bound_command(
     import json
     import math
 
-    from rich.table import Table
-
-    from pqprune.files import FileFormatError, load_state_dict
+    from pqprune.cli.sources import _export_source
+    from pqprune.files import FileFormatError
 
     out = Console()
     try:
         if checkpoint is not None:
             if eps is None:
                 fail("--checkpoint needs --eps (the per-neuron tolerance)")
-            state = load_state_dict(checkpoint)
-            result = _bound_checkpoint(state, q, eps, input_bound, relative)
-            title = f"ℓ_q bound rule (q={q}, ε={eps}{' relative' if relative else ''}, B={input_bound}): {checkpoint}"
+            state, masks, _settings, what = _export_source(checkpoint, None)
+            result = _bound_checkpoint(state, masks, q, eps, input_bound, relative)
+            title = f"ℓ_q bound rule (q={q}, ε={eps}{' relative' if relative else ''}, B={input_bound}): {what}"
+            reading = _reading_checkpoint(result["summary"], eps, input_bound, relative)
         else:
             spec = RandomNetSpec(arch=arch, width=width, depth=depth, density=density, method=method, dist=dist)
-            if eps is None and delta is None:
+            if delta is None:  # the gap promised w.p. 0.9 is printed beside P(gap ≤ ε): it says what ε would do
                 delta = 0.1
             result = _bound_sizes(spec, eps, delta)
+            reading = _reading_sizes(result["summary"], eps, delta)
             title = (
                 f"High-probability pruning gap on the unit ball: {arch} width={width} depth={depth} "
                 f"density={density} {method} {dist}"
@@ -72,15 +75,48 @@ def bound_command(
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True, default=float))
         return
-    table = Table(title=title)
     rows = result["layers"]
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
-    for row in rows:
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v) for v in row.values()])
-    out.print(table)
+    cells = [
+        [f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v) for v in row.values()] for row in rows
+    ]
+    out.print(title, highlight=False, soft_wrap=True)
+    out.print(_text_table(tuple(rows[0]), cells), highlight=False, soft_wrap=True)  # cells never cut
     for key, value in result["summary"].items():
-        out.print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}", highlight=False)
+        out.print(
+            f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}", highlight=False, soft_wrap=True
+        )
+    out.print(f"how to read it: {reading}", highlight=False, soft_wrap=True)
+
+
+def _reading_sizes(summary: dict, eps: float | None, delta: float) -> str:
+    """One sentence on what the gap bound's numbers promise (docs/theory.md §4)."""
+    gap = summary[f"gap bound holding with probability >= {1 - delta:g}"]
+    text = (
+        f"over the random draw of weights and pruning, with probability >= {1 - delta:g} no input of the unit "
+        f"ball moves the output by more than {gap:.3g}"
+    )
+    if eps is not None:
+        prob = summary[f"guaranteed P(gap <= {eps:g})"]
+        text += (
+            f"; the output moves by at most {eps:g} with probability >= {prob:.3g}"
+            if prob > 0
+            else f"; at ε = {eps:g} the bound promises nothing (0): try ε >= {gap:.3g}"
+        )
+    return text + " (a guarantee, measured 6-200x looser than real gaps: docs/theory.md §4)"
+
+
+def _reading_checkpoint(summary: dict, eps: float, input_bound: float, relative: bool) -> str:
+    """One sentence on what the ℓ_q bound's numbers promise (docs/theory.md §2)."""
+    tol = f"{eps:g} × its largest possible change B·‖w_i‖₁" if relative else f"{eps:g}"
+    text = (
+        f"keeping {100 * summary['kept fraction']:.1f}% of the surviving weights (each neuron its largest) moves no "
+        f"neuron's pre-activation by more than {tol} for inputs |x_j| <= {input_bound:g}"
+    )
+    if summary["kept fraction"] >= 1.0:
+        text += "; nothing can be pruned at this ε" + ("" if relative else " (try --relative with ε near 1)")
+    elif relative and eps >= 1:
+        text += "; with ε >= 1 that promises no more than deleting the neuron would"
+    return text + " (docs/theory.md §2)"
 
 
 def _bound_sizes(spec, eps: float | None, delta: float | None) -> dict:
@@ -117,19 +153,20 @@ def _bound_sizes(spec, eps: float | None, delta: float | None) -> dict:
     return {"spec": dict(spec.__dict__), "layers": layers, "summary": summary}
 
 
-def _bound_checkpoint(state: dict, q: float, eps: float, input_bound: float, relative: bool) -> dict:
-    """ℓ_q keep counts per layer; through the network when the 2-D weights chain (ReLU assumed between them)."""
+def _bound_checkpoint(state: dict, masks: dict, q: float, eps: float, input_bound: float, relative: bool) -> dict:
+    """ℓ_q keep counts per layer among the survivors of ``masks``; through the network when the 2-D weights chain
+    (ReLU assumed between them)."""
 
     summary: dict[str, object] = {}
     try:
-        net = lq_network_bound(state, q, eps, input_bound=input_bound, relative=relative)
+        net = lq_network_bound(state, q, eps, input_bound=input_bound, relative=relative, masks=masks)
         bounds = net.layers
         summary["output change bound (l2, from l_q bounds)"] = net.output_bound
         summary["output change bound (l2, from exact tails)"] = net.output_bound_tail
         summary["assumption"] = "layers chain as Linear→ReLU→…→Linear; hidden input bounds propagated by ‖w'‖₁"
     except ValueError:
         bounds = [
-            lq_layer_bound(w, q, eps, input_bound, relative=relative, name=name)
+            lq_layer_bound(w, q, eps, input_bound, relative=relative, mask=masks.get(name), name=name)
             for name, w in named_weights(state).items()
         ]
         summary["assumption"] = f"layers do not chain: every layer's inputs assumed |h| ≤ {input_bound}"
@@ -185,7 +222,7 @@ def theory_mc_command(
     steps: int = typer.Option(15, "--steps", help="Steps per ascent."),
     delta: float = typer.Option(0.1, "--delta", help="δ in (0, 1): also report the gap the bound guarantees w.p. 1−δ."),
     seed: int = typer.Option(0, "--seed", help="Seed (the same for every configuration)."),
-    db: str = typer.Option("runs/pqprune.db", "--db", help="Results database (SQLite file): table `theory`."),
+    db: str = typer.Option("runs/pqprune.db", "--db", help=DB_HELP + " Cells go to table `theory`."),
     out: str = typer.Option("report", "--out", help="Folder of the figure theory_mc.png and theory_mc.json."),
     threads: int = typer.Option(1, "--threads", help="torch threads (small networks run fastest on one)."),
     as_json: bool = typer.Option(False, "--json", help="Print the cells as JSON instead of a table."),
@@ -199,8 +236,8 @@ def theory_mc_command(
 
     import torch
 
-    from pqprune.store.database import StoreError
-    from pqprune.theory.mc_study import monte_carlo_grid, plot_grid
+    from pqprune.store import StoreError, describe
+    from pqprune.theory.mc_study import monte_carlo_grid, plot_grid, save_grid
 
     grid = dict(
         archs=_csv_values("--arch", arch, str),
@@ -239,7 +276,7 @@ def theory_mc_command(
         fail(str(err))
     folder = Path(out)
     figure = plot_grid(cells, folder / "theory_mc.png")
-    save_json_document({"cells": [c.as_dict() for c in cells]}, folder / "theory_mc.json", "pqprune.theory_mc", 1)
+    save_grid(cells, folder / "theory_mc.json")
     if as_json:
         typer.echo(json.dumps([c.as_dict() for c in cells], indent=2, default=float))
         return
@@ -280,7 +317,7 @@ def theory_mc_command(
         f"Monte-Carlo pruning gap on the unit ball ({dist} weights, N={draws}, seed {seed})", headers, rows, markdown
     )
     err_console.print(
-        f"study {cells[0].settings['study']}: {len(cells)} cells in {db} (table theory); figure {figure}",
+        f"study {cells[0].settings['study']}: {len(cells)} cells in {describe(db)} (table theory); figure {figure}",
         highlight=False,
         soft_wrap=True,
     )
@@ -322,7 +359,7 @@ def theory_teacher_command(
 
     import torch
 
-    from pqprune.theory.teacher_study import plot_teacher, teacher_studies
+    from pqprune.theory.teacher_study import plot_teacher, save_teacher, teacher_studies
 
     hidden_sizes = [h for h in _csv_values("--hidden", hidden, int) if h != 0] if hidden.strip() else []
     if threads < 1:
@@ -349,10 +386,8 @@ def theory_teacher_command(
         fail(str(err))
     folder = Path(out)
     figure = plot_teacher(studies, folder / "theory_teacher.png")
-    payload = [
-        {"settings": s.settings, "seconds": s.seconds, "points": [p.as_dict() for p in s.points]} for s in studies
-    ]
-    save_json_document({"studies": payload}, folder / "theory_teacher.json", "pqprune.theory_teacher", 1)
+    payload = [s.as_dict() for s in studies]
+    save_teacher(studies, folder / "theory_teacher.json")
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

@@ -1,4 +1,4 @@
-"""The folder of one run: ``settings.json``, ``initial.safetensors``, ``round_XXX.{json,safetensors}`` and a lock.
+"""The folder of one run: ``settings.json``, ``initial.safetensors`` and ``round_XXX.{json,safetensors}``.
 
 A round's tensors are written first and its JSON last, both atomically, so a round whose JSON exists is complete.
 The checkpoint files are the source of truth; the database is an index of them.
@@ -6,10 +6,8 @@ The checkpoint files are the source of truth; the database is an index of them.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from pqprune.files import (
     save_json_document,
     save_tensors,
 )
+from pqprune.measure.weights import match_masks
 
 CHECKPOINT_FORMAT = "pqprune.round"  # a round's JSON and its tensors
 CHECKPOINT_VERSION = 1
@@ -34,7 +33,7 @@ RUN_VERSION = 1
 
 
 class RunBusy(RuntimeError):
-    """Another process is computing the same run right now."""
+    """Another process, on this machine or another, is computing the same run right now (it holds the run's claim)."""
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -66,7 +65,11 @@ def _round_name(t: int) -> str:
 
 
 class RunDir:
-    """The folder of one run: ``settings.json``, ``initial.safetensors``, ``round_XXX.{json,safetensors}``, a lock."""
+    """The folder of one run: ``settings.json``, ``initial.safetensors``, ``round_XXX.{json,safetensors}``.
+
+    Which process computes the run is not recorded here but in the results database (a claim every machine sees,
+    :meth:`pqprune.store.Store.claim`), so the folder may live on a file system shared by several machines.
+    """
 
     def __init__(self, root: Path, run_id: str) -> None:
         self.path = root / run_id
@@ -81,34 +84,6 @@ class RunDir:
     @property
     def initial(self) -> Path:
         return self.path / "initial.safetensors"
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive lock for computing this run; released by the OS even on SIGKILL."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path / ".lock", "w")  # noqa: SIM115  (held open: the lock lives as long as the handle)
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunBusy(f"run {self.run_id} is being computed by another process ({self.path})") from None
-            yield
-        finally:
-            fh.close()
-
-    def is_live(self) -> bool:
-        """Whether a process is computing this run now (holds its lock). A run marked ``running`` in the database
-        that is not live was killed: rerunning the same command resumes it."""
-        path = self.path / ".lock"
-        if not path.exists():
-            return False
-        with open(path, "a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return False
 
     def finished_rounds(self) -> list[int]:
         """Rounds whose JSON exists (a round's JSON is written last, so it marks the round complete)."""
@@ -155,7 +130,18 @@ class RunDir:
             masks = {name: tensors[leaf["__tensor__"]] for name, leaf in skeleton.items()}
         except (KeyError, TypeError) as err:
             raise FileFormatError(f"{self.tensors(t)}: masks named in {self.json(t)} are missing ({err})") from err
-        return t, state, masks
+        try:
+            return t, state, match_masks(state, masks, str(self.tensors(t)), what="model weight")
+        except ValueError as err:
+            raise FileFormatError(str(err)) from err
+
+    def settings_document(self) -> dict[str, Any]:
+        """The whole ``settings.json`` (run id, run hash, settings), format-checked.
+
+        Raises:
+            FileFormatError: it is missing, unreadable, of another format or of a newer version.
+        """
+        return read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
 
     def settings(self) -> dict[str, Any] | None:
         """The run's settings as saved in ``settings.json``; None when it is missing or unreadable.
@@ -164,8 +150,7 @@ class RunDir:
             FileFormatError: the file is of a newer format version than this pqprune reads.
         """
         try:
-            doc = read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
-            return doc["settings"]
+            return self.settings_document()["settings"]
         except FileFormatError as err:
             if "newer than this pqprune reads" in str(err):
                 raise

@@ -10,13 +10,15 @@ rank 0 writes files and the database. The number of processes is not part of the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from pqprune.experiment import distributed
@@ -24,11 +26,11 @@ from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
 from pqprune.experiment.method_context import run_method
 from pqprune.experiment.phases import PhaseStop
 from pqprune.experiment.prepare import Prepared, prepare
-from pqprune.experiment.rundir import RunDir
+from pqprune.experiment.rundir import RUN_FORMAT, RUN_VERSION, RunBusy, RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
-from pqprune.experiment.train import resolve_device
-from pqprune.files import FileFormatError
-from pqprune.store.database import DEFAULT_DB, Store
+from pqprune.experiment.train import choose_threads, resolve_device
+from pqprune.files import FileFormatError, read_json_document
+from pqprune.store import DEFAULT_DB, ClaimHeld, Lease, Store
 
 
 def _sync_store(store: Store, rd: RunDir, upto: int) -> None:
@@ -59,16 +61,17 @@ def run_experiment(
 ) -> RunResult:
     """Run (or resume, or reuse) the prune–retrain loop of ``settings``; see the module docstring.
 
-    ``db`` is an open :class:`~pqprune.store.Store` or a database path. ``progress`` receives event dicts
+    ``db`` is an open :class:`~pqprune.store.Store`, an SQLite file path or a PostgreSQL URL. ``progress`` receives event dicts
     (``event`` = ``start``, ``round``, ``epoch``, ``round_end``, ``end``) for display.
 
     Raises :class:`SettingsError`, :class:`pqprune.experiment.data.DatasetNotFound` or :class:`~pqprune.store.StoreError`
-    before anything is written; :class:`RunBusy` if another process computes the same run. On Ctrl-C the run is
+    before anything is written; :class:`RunBusy` if another process computes the same run. On Ctrl-C (or SIGTERM
+    inside :func:`pqprune.experiment.signals.sigterm_as_interrupt`, as the ``pqprune`` commands run it) the run is
     marked ``interrupted`` (the checkpoint of the last finished round stays) and ``KeyboardInterrupt``
     propagates; on any other error it is marked ``failed``.
 
     Launched by torchrun with several processes (docs/distributed.md), every process calls this with the same
-    arguments: all train together under DDP; only rank 0 opens the database, takes the run's lock, writes files
+    arguments: all train together under DDP; only rank 0 opens the database, claims the run, writes files
     and reports progress. The other ranks return a result with the rounds they computed (the database's rows
     are rank 0's). The number of processes is not part of the run's identity.
     """
@@ -80,13 +83,14 @@ def run_experiment(
         res = prep.settings
         run_id, run_hash = res.run_id(), res.run_hash()
         rd = RunDir(Path(runs_dir), run_id)
-        if not ctx.is_main:
-            return _run_follower(prep, rd, ctx)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_threads(prep))
+            if not ctx.is_main:
+                return _run_follower(prep, rd, ctx)
             try:
                 _check_runs_dir(Path(runs_dir))
                 store = stack.enter_context(_open_store(db))
-                stack.enter_context(rd.lock())
+                lease = stack.enter_context(_claim(store, rd))
                 last_done = _resume_point(rd, res, run_hash)
                 stopped = _stopped(rd, last_done)
                 load_initial = rd.initial.exists() and last_done is not None
@@ -96,7 +100,48 @@ def run_experiment(
             distributed.announce_start(
                 ctx, {"last_done": last_done, "load_initial": load_initial, "stopped": stopped is not None}
             )
-            return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx, stopped)
+            return _run_locked(prep, rd, store, lease, run_hash, progress, last_done, load_initial, ctx, stopped)
+
+
+@contextlib.contextmanager
+def _claim(store: Store, rd: RunDir) -> Iterator[Lease]:
+    """The claim on the run in the results database (a lease every machine sees), or :class:`RunBusy`."""
+    try:
+        lease = store.claim(rd.run_id).__enter__()
+    except ClaimHeld as err:
+        raise RunBusy(str(err)) from None
+    try:
+        yield lease
+    finally:
+        lease.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _threads(prep: Prepared) -> Iterator[int]:
+    """Run with the settings' CPU thread count (:func:`choose_threads`), restoring the process's afterwards."""
+    before = torch.get_num_threads()
+    n = choose_threads(prep.settings.threads, prep.model, prep.data.train.x, prep.train_config.batch_size)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a run computed: CPU threads, device and library versions (its numbers can differ with any of them in
+    the last bits; none is part of the run's identity)."""
+    from pqprune import __version__
+
+    return {
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "pqprune": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 @contextlib.contextmanager
@@ -124,9 +169,9 @@ def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
     done = rd.finished_rounds()
     if done:
         try:
-            saved = json.loads((rd.path / "settings.json").read_text())
-        except (OSError, ValueError) as err:
-            raise FileFormatError(f"{rd.path}: has round checkpoints but no readable settings.json ({err})") from err
+            saved = rd.settings_document()
+        except FileFormatError as err:
+            raise FileFormatError(f"{rd.path}: has round checkpoints but no usable settings.json ({err})") from err
         if saved.get("run_hash") != run_hash:
             raise FileFormatError(f"{rd.path}: holds run {saved.get('run_hash')}, not {run_hash}; move the folder away")
     last_done = max((t for t in done if t <= res.rounds), default=None)
@@ -149,6 +194,7 @@ def _run_locked(
     prep: Prepared,
     rd: RunDir,
     store: Store,
+    lease: Lease,
     run_hash: str,
     progress: Progress,
     last_done: int | None,
@@ -163,12 +209,15 @@ def _run_locked(
         "identity": res.identity(),
         "settings": res.to_dict(),
     }
-    # What the database's settings JSON holds: the settings, the sizes of the data splits (the binomial noise of an
-    # accuracy depends on them, docs/math.md §9) and, for distributed runs only, how they were launched.
+    # What the database's settings JSON holds: the settings, where they were computed, the sizes of the data splits
+    # (the binomial noise of an accuracy depends on them, docs/math.md §9) and (distributed runs only) how they were
+    # launched. A finished run that is reused keeps the environment it was computed in.
+    env = _saved_environment(rd) if last_done == res.rounds or stopped is not None else None
+    settings_doc["environment"] = env or environment(prep.device)
     examples = {"train": len(prep.data.train), "val": len(prep.data.val), "test": len(prep.data.test)}
-    db_settings = {**res.to_dict(), "examples": examples}
+    db_settings = {**res.to_dict(), "environment": settings_doc["environment"], "examples": examples}
     if ctx.active:
-        db_settings["launch"] = settings_doc["launch"] = ctx.describe()
+        settings_doc["launch"] = db_settings["launch"] = ctx.describe()
 
     if last_done is not None and (last_done == res.rounds or stopped is not None):  # finished: reuse
         run = store.get_run(rd.run_id)
@@ -233,21 +282,30 @@ def _run_locked(
             }
         )
         for t in range(first, res.rounds + 1):
+            lease.check()  # a process that lost the run to another must not write it any further
             loop.round(t)
             if loop.stop is not None:  # the run's result is recorded beside its settings
                 store.start_run(rd.run_id, run_hash, {**db_settings, **loop.stop.as_dict()})
                 break
         status = "finished"
     except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
+        status, message = "interrupted", "interrupted (Ctrl-C or SIGTERM); rerun the same command to resume"
+        # The signal may land between a round's JSON (which completes it) and its database row: write the rows
+        # of every complete round now, so the database agrees with the files.
+        if not lease.lost:
+            with contextlib.suppress(Exception):
+                done = rd.finished_rounds()
+                if done:
+                    _sync_store(store, rd, done[-1])
         raise
     except BaseException as err:
         message = f"{type(err).__name__}: {err}"
         raise
     finally:
         seconds = time.perf_counter() - start
-        with contextlib.suppress(Exception):  # never mask the original error with a database one
-            store.set_status(rd.run_id, status, add_seconds=seconds, message=message)
+        if not lease.lost:  # the run's status is its new holder's to set
+            with contextlib.suppress(Exception):  # never mask the original error with a database one
+                store.set_status(rd.run_id, status, add_seconds=seconds, message=message)
         progress({"event": "end", "run_id": rd.run_id, "status": status, "reused": False})
     run = store.get_run(rd.run_id)
     return RunResult(
@@ -260,6 +318,17 @@ def _run_locked(
         settings=res.to_dict(),
         stop=loop.stop,
     )
+
+
+def _saved_environment(rd: RunDir) -> dict[str, Any] | None:
+    """The environment a run's folder records (None if it records none: runs of pqprune 0.2 and earlier)."""
+    try:
+        env = read_json_document(rd.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1).get(
+            "environment"
+        )
+    except FileFormatError:
+        return None
+    return env if isinstance(env, dict) else None
 
 
 def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunResult:

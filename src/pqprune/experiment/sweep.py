@@ -1,4 +1,9 @@
-"""Sweeps: the product of lists of settings, run by worker processes (one thread each), skipping finished runs."""
+"""Sweeps: the product of lists of settings, skipping finished runs, run by an executor: ``local`` worker processes
+(one thread each) or ``ray`` tasks on a Ray cluster (:mod:`pqprune.experiment.ray_sweep`).
+
+A run that another process computes (its claim in the results database is live: another sweep, or a task that
+Ray retried) is waited for, not computed twice; once its holder is done the run is found finished and reused.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,25 @@ import dataclasses
 import json
 import os
 import queue as queue_mod
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pqprune.experiment.loop import Progress, _no_progress
 from pqprune.experiment.prepare import prepare
-from pqprune.experiment.rundir import RunDir
+from pqprune.experiment.rundir import RunBusy, RunDir
 from pqprune.experiment.runner import _check_runs_dir, run_experiment
 from pqprune.experiment.settings import RunSettings, SettingsError
+from pqprune.experiment.signals import raise_terminated
 from pqprune.prune.methods.registry import lookup, option_names, takers
-from pqprune.store.database import DEFAULT_DB, Store, StoreError
+from pqprune.store import DEFAULT_DB, ClaimLost, Store, StoreError
+
+if TYPE_CHECKING:
+    from pqprune.experiment.ray_sweep import RayOptions
 
 
 # --------------------------------------------------------------------------------------------- sweeps
@@ -81,21 +91,35 @@ def check_sweep(settings_list: Sequence[RunSettings]) -> None:
             prepare(res.replace(device="cpu"))
 
 
+EXECUTORS = ("local", "ray")
+# A run claimed by another process is polled for this often at first, backing off to the maximum.
+WAIT_FIRST_SECONDS, WAIT_MAX_SECONDS = 0.5, 10.0
+
+
 def run_sweep(
     settings_list: Sequence[RunSettings],
     db: str | os.PathLike = DEFAULT_DB,
     runs_dir: str | os.PathLike = "runs",
     workers: int = 1,
     progress: Progress | None = None,
+    *,
+    executor: str = "local",
+    ray: RayOptions | None = None,
 ) -> list[SweepItem]:
-    """Run every setting (skipping finished runs) with ``workers`` processes of one thread each.
+    """Run every setting (skipping finished runs) with the ``local`` executor (``workers`` processes of one thread
+    each) or the ``ray`` executor (one Ray task per run, placed as ``ray`` says).
 
-    All runs are checked first (:func:`check_sweep`), so bad input fails before anything is written. A run that
-    fails is recorded as failed and the sweep goes on. Progress events carry a ``worker`` field. On Ctrl-C the
-    workers mark their runs interrupted and stop; ``KeyboardInterrupt`` propagates.
+    ``db`` is an SQLite file path or a PostgreSQL URL. All runs are checked first (:func:`check_sweep`), so bad
+    input fails before anything is written. A run that fails is recorded as failed and the sweep goes on. Progress
+    events carry a ``worker`` field. On Ctrl-C (or SIGTERM under :func:`pqprune.experiment.signals.sigterm_as_interrupt`)
+    the workers (or tasks) mark their runs interrupted and stop; ``KeyboardInterrupt`` propagates.
     """
+    if executor not in EXECUTORS:
+        raise SettingsError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if workers < 1:
         raise SettingsError(f"workers must be >= 1, got {workers}")
+    if ray is not None:
+        ray.validate()
     progress = progress or _no_progress
     check_sweep(settings_list)
     _check_runs_dir(Path(runs_dir))
@@ -114,7 +138,12 @@ def run_sweep(
                 progress({"event": "skipped", "run_id": run_id})
             else:
                 todo.append(settings)
-    if workers == 1 or len(todo) <= 1:
+    if executor == "ray":
+        from pqprune.experiment.ray_sweep import RayOptions, run_with_ray
+
+        for item in run_with_ray(todo, db, runs_dir, ray or RayOptions(), progress):
+            items[item.run_id] = item
+    elif workers == 1 or len(todo) <= 1:
         for settings in todo:
             items[settings.run_id()] = _sweep_one(settings, db, runs_dir, progress)
     else:
@@ -124,27 +153,39 @@ def run_sweep(
 
 
 def _sweep_one(settings: RunSettings, db: Any, runs_dir: Any, progress: Progress) -> SweepItem:
+    """Run one setting of a sweep; a run that another process holds is waited for, then reused."""
     run_id = settings.run_id()
-    try:
-        result = run_experiment(settings, db, runs_dir, progress)
-    except (KeyboardInterrupt, StoreError):
-        raise
-    except Exception as err:  # one failed run does not stop the sweep
-        return SweepItem(run_id, settings, "failed", f"{type(err).__name__}: {err}")
-    return SweepItem(run_id, settings, "skipped" if result.reused else result.status)
+    while True:
+        try:
+            result = run_experiment(settings, db, runs_dir, progress)
+        except (RunBusy, ClaimLost) as err:
+            progress({"event": "waiting", "run_id": run_id, "message": str(err)})
+            _wait_for_claim(db, run_id)
+            continue
+        except (KeyboardInterrupt, StoreError):
+            raise
+        except Exception as err:  # one failed run does not stop the sweep
+            return SweepItem(run_id, settings, "failed", f"{type(err).__name__}: {err}")
+        return SweepItem(run_id, settings, "skipped" if result.reused else result.status)
+
+
+def _wait_for_claim(db: Any, run_id: str) -> None:
+    """Return once no live process holds the claim on ``run_id`` (it finished, stopped, or its lease ended)."""
+    delay = WAIT_FIRST_SECONDS
+    with Store(db) as store:
+        while run_id in store.live_claims():
+            time.sleep(delay)
+            delay = min(1.5 * delay, WAIT_MAX_SECONDS)
 
 
 def _worker_main(index: int, tasks: Any, events: Any, db: str, runs_dir: str) -> None:
     """A sweep worker process: one thread, runs tasks until the sentinel; SIGTERM = one clean Ctrl-C."""
     import signal
 
-    def on_term(_signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the clean-up
-        raise KeyboardInterrupt
-
-    # The parent owns Ctrl-C and forwards it as SIGTERM, so each worker is interrupted exactly once.
+    # The parent owns Ctrl-C and SIGTERM and forwards both as SIGTERM, so each worker is interrupted once (a
+    # second SIGTERM, e.g. `timeout` signalling the whole process group, is ignored).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, raise_terminated)
     torch.set_num_threads(1)  # small models: N single-thread workers beat one N-thread process
     send = lambda e: events.put({**e, "worker": index})  # noqa: E731
     try:

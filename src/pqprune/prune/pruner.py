@@ -21,12 +21,14 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from pqprune.files import check_format
 from pqprune.measure.weights import Scope
 from pqprune.prune import methods as _methods
 from pqprune.prune.masks import Density, MaskSet
 from pqprune.prune.methods.base import Method, UnitRecord
-from pqprune.prune.select import select_prune
+from pqprune.prune.select import select_keep
 
+STATE_FORMAT = "pqprune.pruner"  # Pruner.state_dict(), also the "pruner" part of a run's round checkpoints
 STATE_VERSION = 1
 # Optimizers whose update of an entry is a function of that entry's gradient, state and value alone (plus
 # scalars): for them, masked gradients and a zeroed weight after the step give the same model as masking both.
@@ -57,7 +59,8 @@ class Pruner:
         model: any ``nn.Module``; its structure and ``state_dict`` keys are never changed.
         method: a :class:`pqprune.prune.methods.Method` or a registered name (``"sap"``, ``"lottery_ticket"``, …).
         scope: the unit of each decision (docs/math.md §1); default: the method's (``"global"``, ``"neuron"`` for
-            ``LqNeuron``).
+            ``LqNeuron``), as in ``pqprune run``. (``pqprune analyze`` defaults to ``"layer"``: it reports each
+            layer's own compressibility, which at layer scope depends on that layer alone.)
         include, exclude, include_types, exclude_types: which parameters are prunable, see
             :func:`pqprune.prune.masks.discover`.
 
@@ -80,8 +83,7 @@ class Pruner:
         self.method: Method = _methods.get(method) if isinstance(method, str) else method
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a pqprune Method or a name, got {type(method).__name__}")
-        self.scope: Scope = cast(Scope, scope if scope is not None else self.method.default_scope)
-        self.method.check_scope(self.scope)
+        self.scope = scope if scope is not None else self.method.default_scope
         self.model = model
         self.maskset = MaskSet(model, include, exclude, include_types, exclude_types)
         self.round = 0
@@ -89,6 +91,17 @@ class Pruner:
         self._initial = _snapshot(model)
         self._rewind_point: dict[str, Tensor] | None = None
         self._wrapped: dict[int, tuple[weakref.ref, Any, Any]] = {}
+
+    @property
+    def scope(self) -> Scope:
+        """The unit of each decision; setting it checks it at once (``ValueError`` naming the scope), so a bad
+        scope fails where it is set, not at the next :meth:`step`."""
+        return self._scope
+
+    @scope.setter
+    def scope(self, value: str) -> None:
+        self.method.check_scope(value)
+        self._scope = cast(Scope, value)
 
     # ------------------------------------------------------------------ masks
     @property
@@ -113,7 +126,10 @@ class Pruner:
         return self.maskset.save(path)
 
     def load_masks(self, path: str | os.PathLike) -> None:
-        """Replace the masks by those of a file (they may be denser: this is a load, not a pruning step)."""
+        """Replace the masks by those of a file (they may be denser: this is a load, not a pruning step).
+
+        A missing file raises ``FileNotFoundError`` naming it; a file of another kind ``FileFormatError``.
+        """
         self.maskset.load(path)
         self.enforce()
 
@@ -127,8 +143,7 @@ class Pruner:
         weights = {n: p.detach() for n, p in self.maskset.params().items()}
         masks = self.maskset.pruned_masks()  # dense tensors go without a mask: one less pass over them
         plan = self.method.plan(weights, masks, self.scope, self.round)
-        selected = select_prune(plan.scores, plan.counts, self.scope, masks)
-        self.maskset.prune(selected)
+        self.maskset.keep_only(select_keep(plan.scores, plan.counts, self.scope, masks))
         self.enforce()
         for opt in self._live_optimizers():
             self.maskset.mask_optimizer_state(opt)
@@ -215,7 +230,8 @@ class Pruner:
         weights are not included (save ``model.state_dict()`` beside it).
         """
         return {
-            "version": STATE_VERSION,
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
             "method": self.method.name,
             "hparams": self.method.hparams(),
             "scope": self.scope,
@@ -227,14 +243,18 @@ class Pruner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved; the method and scope must match this Pruner's."""
-        missing = {"version", "method", "scope", "round", "masks", "method_state", "initial"} - set(state)
+        """Restore what :meth:`state_dict` saved; the method and scope must match this Pruner's.
+
+        Raises:
+            FileFormatError: (a ``ValueError``) the state is of another format or a newer version; a state of
+                pqprune 0.1.0 (``"version"`` only) is read as version 1.
+            ValueError: it lacks entries, or is for another method, scope or model.
+        """
+        header = {"format": STATE_FORMAT, **state} if "format" not in state else state  # 0.1.0 named no format
+        check_format(header, "pruner state", STATE_FORMAT, STATE_VERSION, "Pruner state", unversioned=1)
+        missing = {"method", "scope", "round", "masks", "method_state", "initial"} - set(state)
         if missing:
             raise ValueError(f"pruner state lacks {sorted(missing)}")
-        if int(state["version"]) > STATE_VERSION:
-            raise ValueError(
-                f"pruner state version {state['version']} is newer than this pqprune reads ({STATE_VERSION})"
-            )
         if _methods.canonical(str(state["method"])) != _methods.canonical(self.method.name):  # older names are aliases
             raise ValueError(f"pruner state is for method {state['method']!r}, this pruner uses {self.method.name!r}")
         if state["scope"] != self.scope:
@@ -261,6 +281,11 @@ class Pruner:
         state = dict(self.__dict__)
         state["_wrapped"] = {}  # optimizer hooks belong to the live objects, not to a copy
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "scope" in state:  # pickled before the scope was checked on assignment
+            state["_scope"] = state.pop("scope")
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"Pruner({self.method!r}, scope={self.scope!r}, round={self.round}, density={self.density():.4f})"

@@ -19,6 +19,7 @@ from pqprune.report.figures import FIGURES, layer_method, method_style
 from pqprune.report.phases import PHASE_RULE
 from pqprune.report.runs import Group, ReportError, _where_text, load_groups
 from pqprune.report.summary import CHOSEN_NOTE, SUMMARY_COLUMNS, summary_cells, summary_markdown, summary_row
+from pqprune.store import describe
 
 # --------------------------------------------------------------------------------------------- HTML
 _CSS = """
@@ -111,16 +112,12 @@ def parse_where(items: Sequence[str]) -> dict[str, Any]:
     Raises:
         ReportError: an item is not KEY=VALUE.
     """
-    from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+    from pqprune.experiment.settings import SettingsError, parse_assignments
 
-    out: dict[str, Any] = {}
-    for item in items:
-        try:
-            key, value = parse_assignment(item, "--where")
-        except SettingsError as err:
-            raise ReportError(str(err)) from err
-        out[key] = parse_value(value)
-    return out
+    try:
+        return parse_assignments(items, "--where")
+    except SettingsError as err:
+        raise ReportError(str(err)) from err
 
 
 def _prepare_out(out_dir: str | Path) -> Path:
@@ -153,7 +150,7 @@ def generate(db_path: str | Path, out_dir: str | Path, where: Mapping[str, Any] 
                 figures[g.slug].append((png, caption))
         summary = summary_markdown(groups)
         summary_path = atomic_write(out / "summary.md", lambda tmp: tmp.write_text(summary, encoding="utf-8"))
-        page = render_html(groups, figures, source=str(db_path), where=where)
+        page = render_html(groups, figures, source=describe(db_path), where=where)
         index = atomic_write(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
     except OSError as err:
         raise ReportError(f"cannot write the report into {out}: {err.strerror or err}") from err

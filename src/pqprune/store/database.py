@@ -1,190 +1,83 @@
-"""The results database: the only module of pqprune that speaks SQL.
+"""The results database: the only module of pqprune that reads and writes runs, rounds and units.
 
-Default: an SQLite file ``runs/pqprune.db`` (standard-library :mod:`sqlite3`, WAL mode), embedded and with no
-set-up. Several processes (the workers of ``pqprune sweep``) may write the same file at once: every write is
-one ``BEGIN IMMEDIATE`` transaction and a ``busy_timeout`` makes a writer wait for the lock instead of failing,
-so no row is lost. (A SQLAlchemy URL for a shared PostgreSQL server is future work; the schema below is plain
-SQL that ports as it is.)
-
-Schema, version 1 (``docs/database.md`` has example queries)::
-
-    schema_version(version INTEGER)                      -- one row: the version of this schema
-
-    runs(                                                -- one row per run (a run = one setting of RunSettings)
-      run_id     TEXT PRIMARY KEY,                       -- "<method>-<run_hash[:10]>", also the folder name
-      run_hash   TEXT NOT NULL,                          -- sha256 of the non-default settings (run identity)
-      status     TEXT NOT NULL,                          -- running | finished | failed | interrupted
-      settings   TEXT NOT NULL,                          -- JSON object of *all* settings, defaults included
-                                                         -- (+ "launch": {world_size, backend} if multi-process)
-      created_at TEXT NOT NULL, updated_at TEXT NOT NULL,-- ISO 8601, UTC
-      seconds    REAL NOT NULL DEFAULT 0,                -- wall time spent on the run, summed over resumes
-      message    TEXT)                                   -- why it failed or was interrupted, else NULL
-
-    rounds(                                              -- one row per finished round t = 0..T of a run
-      run_id, round,                                     -- PRIMARY KEY (run_id, round)
-      density,                                           -- surviving fraction of prunable weights (mask m_t)
-      test_accuracy, test_loss, val_accuracy, val_loss,  -- the retrained model of the round (best epoch)
-      pruned_test_accuracy, pruned_val_accuracy,         -- the previous round's trained weights under m_t,
-      pruned_pqi,                                        -- before retraining (NULL in round 0); PQI I_{0.5,1}
-      pqi, gini,                                         -- global PQI I_{0.5,1} (the default pair) and Gini
-                                                         -- of the retrained weights' survivors
-      best_epoch,                                        -- the epoch kept (by val or test accuracy)
-      seconds_train, seconds_evaluate, seconds_measure, seconds_prune, seconds_checkpoint,
-      layers TEXT)                                       -- JSON {layer: {"pqi":…, "gini":…, "density":…}}
-
-    units(                                               -- the pruning step taken at the end of the round
-      run_id, round, unit,                               -- PRIMARY KEY (run_id, round, unit)
-      d, pqi, r, c, clipped)                             -- survivors, index, retained bound, pruned, β clipped
-
-Accuracies are fractions in [0, 1]. Accessors return plain dicts with JSON columns decoded.
+One :class:`Store` serves both backends through SQLAlchemy Core, with the same schema (:mod:`pqprune.store.schema`),
+the same migrations and the same queries: an SQLite file (``runs/pqprune.db``, the default, embedded, nothing to set
+up) or a PostgreSQL server by URL (``postgresql://user@host/db``, shared by the machines of a cluster). Every write
+is one transaction; a transient error of the server (a restart, a dropped connection) repeats the transaction with
+backoff (:func:`pqprune.store.engine.retrying`). Accessors return plain dicts with JSON columns decoded; accuracies
+are fractions in [0, 1]. ``docs/database.md`` describes every column and has example queries for both backends.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timezone
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
-from pqprune.files import finite_or_none, json_safe
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-SCHEMA_VERSION = 2
-# Statements that take a database of version v to v + 1; applied in order when an older database is opened.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE rounds ADD COLUMN pruned_pqi REAL",),
-}
+from pqprune.files import finite_or_none, follow_umask
+from pqprune.store import engine as engine_mod
+from pqprune.store import schema as tables
+from pqprune.store.claims import LEASE_SECONDS, Lease, is_live, now_iso, upsert
+from pqprune.store.engine import BUSY_TIMEOUT_MS, RETRY_SECONDS, StoreError, Target
+from pqprune.store.schema import MIGRATIONS, ROUND_COLUMNS, SCHEMA_VERSION, STATUSES, UNIT_COLUMNS
+
+R = TypeVar("R")
 DEFAULT_DB = Path("runs") / "pqprune.db"
-STATUSES = ("running", "finished", "failed", "interrupted")
-# A writer waits this long for another writer's lock before giving up; a sweep's rounds take milliseconds to
-# write, so only a hung process could exhaust it.
-BUSY_TIMEOUT_MS = 120_000
-
-ROUND_COLUMNS: tuple[str, ...] = (
-    "density",
-    "test_accuracy",
-    "test_loss",
-    "val_accuracy",
-    "val_loss",
-    "pruned_test_accuracy",
-    "pruned_val_accuracy",
-    "pruned_pqi",
-    "pqi",
-    "gini",
-    "best_epoch",
-    "seconds_train",
-    "seconds_evaluate",
-    "seconds_measure",
-    "seconds_prune",
-    "seconds_checkpoint",
-)
-UNIT_COLUMNS: tuple[str, ...] = ("unit", "d", "pqi", "r", "c", "clipped")
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id     TEXT PRIMARY KEY,
-    run_hash   TEXT NOT NULL,
-    status     TEXT NOT NULL CHECK (status IN {STATUSES}),
-    settings   TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    seconds    REAL NOT NULL DEFAULT 0,
-    message    TEXT
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id               TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    round                INTEGER NOT NULL,
-    density              REAL,
-    test_accuracy        REAL,
-    test_loss            REAL,
-    val_accuracy         REAL,
-    val_loss             REAL,
-    pruned_test_accuracy REAL,
-    pruned_val_accuracy  REAL,
-    pruned_pqi           REAL,
-    pqi                  REAL,
-    gini                 REAL,
-    best_epoch           INTEGER,
-    seconds_train        REAL,
-    seconds_evaluate     REAL,
-    seconds_measure      REAL,
-    seconds_prune        REAL,
-    seconds_checkpoint   REAL,
-    layers               TEXT NOT NULL DEFAULT '{{}}',
-    PRIMARY KEY (run_id, round)
-);
-CREATE TABLE IF NOT EXISTS units (
-    run_id  TEXT NOT NULL,
-    round   INTEGER NOT NULL,
-    unit    TEXT NOT NULL,
-    d       INTEGER,
-    pqi     REAL,
-    r       INTEGER,
-    c       INTEGER,
-    clipped INTEGER,
-    PRIMARY KEY (run_id, round, unit),
-    FOREIGN KEY (run_id, round) REFERENCES rounds(run_id, round) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-"""
+# Serializes the creation of the schema by processes that open a new PostgreSQL database at the same time (the
+# tasks of a sweep); any constant works, this one spells "pqprune".
+_SCHEMA_LOCK_KEY = 0x7071_7072_756E_65
 
 
-class StoreError(RuntimeError):
-    """The results database cannot be opened, written or understood; the message names the file."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _json(obj: Any) -> str:
-    # allow_nan=False: NaN is not JSON; undefined statistics are written as null.
-    return json.dumps(json_safe(obj), sort_keys=True, allow_nan=False)
+def exists(db: str | os.PathLike) -> bool:
+    """False only for an SQLite path with no file; a server URL is checked by connecting to it."""
+    target = engine_mod.resolve(db)
+    return target.path is None or target.path.is_file()
 
 
 class Store:
-    """A connection to the results database at ``path`` (created with its schema if missing).
+    """A connection to the results database ``db``: an SQLite file path or a ``postgresql://`` URL (see the module
+    docstring); created with its schema if missing, upgraded in place if older.
 
-    Use as a context manager or call :meth:`close`. One ``Store`` per process (sqlite3 connections are not
-    shared across processes); any number of processes may open the same file.
+    Use as a context manager or call :meth:`close`. One ``Store`` per process; any number of processes (on one
+    machine for SQLite, on any for PostgreSQL) may open the same database.
 
     Raises:
-        StoreError: the file or its folder cannot be created or written, or it is not a pqprune database.
+        StoreError: the file or its folder cannot be created or written, the server cannot be reached within
+            ``retry_seconds``, or it is not a pqprune database.
     """
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-        self.path = Path(path)
-        _check_writable(self.path)
+    def __init__(
+        self,
+        db: str | os.PathLike = DEFAULT_DB,
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        retry_seconds: float = RETRY_SECONDS,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self.target: Target = engine_mod.resolve(db)
+        self.path: Path | None = self.target.path
+        self.name = self.target.name
+        self.retry_seconds, self.lease_seconds = float(retry_seconds), float(lease_seconds)
+        new = self.path is not None and not self.path.exists()
+        if self.path is not None:
+            _check_writable(self.path)
+        self._engine: Engine = engine_mod.create(self.target, busy_timeout_ms)
         try:
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken up front and
-            # the busy timeout applies (a deferred transaction that upgrades can fail at once in WAL mode).
-            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None)
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot open the results database {self.path}: {err}") from err
-        try:
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot switch the results database to WAL mode (got {mode!r})")
-            self._conn.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash loses no committed row
-            self._create_schema()
-        except sqlite3.DatabaseError as err:
-            self._conn.close()
-            raise StoreError(f"cannot use the results database {self.path}: {err}") from err
+            self.transact(self._create_schema, "open the results database")
+            if new and self.path is not None:  # SQLite creates 0644 less the umask; -wal/-shm copy the database's
+                follow_umask(self.path)
         except BaseException:
-            self._conn.close()
+            self._engine.dispose()
             raise
 
     # ------------------------------------------------------------------------------------------- plumbing
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._conn.close()
+        """Close every connection (idempotent)."""
+        self._engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -193,78 +86,96 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({self.name!r})"
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: everything inside commits together or not at all."""
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as err:
-            raise StoreError(f"cannot write the results database {self.path}: {err}") from err
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as err:
-                self._conn.execute("ROLLBACK")
-                raise StoreError(f"cannot write the results database {self.path}: {err}") from err
+    def transact(self, fn: Callable[[Connection], R], what: str, *, write: bool = True) -> R:
+        """``fn(conn)`` in one transaction (committed when it returns, rolled back when it raises), repeated with
+        backoff after a transient error of the server; any other database error → :class:`StoreError` naming
+        ``what`` and the database."""
 
-    def _create_schema(self) -> None:
-        # executescript() would COMMIT first; run the statements one by one inside one transaction instead.
-        with self.transaction() as conn:
-            for stmt in (s.strip() for s in _SCHEMA.split(";")):
-                if stmt:
-                    conn.execute(stmt)
-            rows = conn.execute("SELECT version FROM schema_version").fetchall()
-            if not rows:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                return
-            version = rows[0][0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: results database of schema version {version}, newer than this pqprune reads "
-                    f"({SCHEMA_VERSION}); upgrade pqprune or use another --db file"
-                )
-            # Older databases are upgraded in the same transaction: all steps or none.
-            for v in range(version, SCHEMA_VERSION):
-                for stmt in _MIGRATIONS[v]:
-                    conn.execute(stmt)
-            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        def attempt() -> R:
+            with self._engine.connect() as conn:
+                conn.execution_options(pqprune_write=write)
+                with conn.begin():
+                    return fn(conn)
+
+        return engine_mod.retrying(attempt, f"cannot {what} ({self.name})", self.retry_seconds)
+
+    def _create_schema(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":  # DDL of concurrent openers would collide on the catalog
+            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+        tables.metadata.create_all(conn, checkfirst=True)
+        versions = conn.execute(select(tables.schema_version.c.version)).scalars().all()
+        if not versions:
+            conn.execute(insert(tables.schema_version).values(version=SCHEMA_VERSION))
+            return
+        version = versions[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.name}: results database of schema version {version}, newer than this pqprune reads "
+                f"({SCHEMA_VERSION}); upgrade pqprune or use another --db"
+            )
+        # Older databases are upgraded in the same transaction: all steps or none.
+        for v in range(version, SCHEMA_VERSION):
+            MIGRATIONS[v](conn)
+        if version < SCHEMA_VERSION:
+            conn.execute(update(tables.schema_version).values(version=SCHEMA_VERSION))
 
     # ------------------------------------------------------------------------------------------- runs
     def start_run(self, run_id: str, run_hash: str, settings: Mapping[str, Any]) -> None:
         """Insert the run as ``running``, or mark an existing one ``running`` again (a resume); keeps its rounds."""
-        now = _now()
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO runs (run_id, run_hash, status, settings, created_at, updated_at) "
-                "VALUES (?, ?, 'running', ?, ?, ?) "
-                "ON CONFLICT(run_id) DO UPDATE SET status = 'running', run_hash = excluded.run_hash, "
-                "settings = excluded.settings, updated_at = excluded.updated_at, message = NULL",
-                (run_id, run_hash, _json(settings), now, now),
+        now = now_iso()
+
+        def write(conn: Connection) -> None:
+            stmt = upsert(conn, tables.runs).values(
+                run_id=run_id,
+                run_hash=run_hash,
+                status="running",
+                settings=dict(settings),
+                created_at=now,
+                updated_at=now,
             )
+            excluded = stmt.excluded
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[tables.runs.c.run_id],
+                    set_={
+                        "status": "running",
+                        "run_hash": excluded.run_hash,
+                        "settings": excluded.settings,
+                        "updated_at": excluded.updated_at,
+                        "message": None,
+                    },
+                )
+            )
+
+        self.transact(write, f"start run {run_id}")
 
     def set_status(self, run_id: str, status: str, *, add_seconds: float = 0.0, message: str | None = None) -> None:
         """Set a run's status, add wall-clock seconds to its total, and record why (for failed/interrupted)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE runs SET status = ?, seconds = seconds + ?, message = ?, updated_at = ? WHERE run_id = ?",
-                (status, float(add_seconds), message, _now(), run_id),
+
+        def write(conn: Connection) -> int:
+            stmt = (
+                update(tables.runs)
+                .where(tables.runs.c.run_id == run_id)
+                .values(
+                    status=status,
+                    seconds=tables.runs.c.seconds + float(add_seconds),
+                    message=message,
+                    updated_at=now_iso(),
+                )
             )
-            if cur.rowcount == 0:
-                raise StoreError(f"{self.path}: no run {run_id!r}")
+            return int(conn.execute(stmt).rowcount)
+
+        if self.transact(write, f"set the status of run {run_id}") == 0:
+            raise StoreError(f"{self.name}: no run {run_id!r}")
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run as a dict (``settings`` decoded, plus ``rounds_done``), or None if unknown."""
-        row = self._conn.execute(_RUNS_SELECT + " WHERE r.run_id = ?", (run_id,)).fetchone()
-        return _run_dict(row) if row is not None else None
+        found = self.list_runs(run_ids=[run_id])
+        return found[0] if found else None
 
     def list_runs(
         self,
@@ -275,23 +186,19 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Runs, oldest first, optionally filtered by status, by setting values and by id.
 
-        ``where={"method": "sap", "seed": 0}`` keeps runs whose settings have exactly those values.
+        ``where={"method": "sap", "seed": 0}`` keeps runs whose settings have exactly those values (compared as
+        the decoded JSON values, so ``1 == 1.0 == True`` as in SQL).
         """
-        clauses: list[str] = []
-        args: list[Any] = []
+        done = select(func.count()).where(tables.rounds.c.run_id == tables.runs.c.run_id).scalar_subquery()
+        query = select(tables.runs, done.label("rounds_done")).order_by(tables.runs.c.created_at, tables.runs.c.run_id)
         if status is not None:
-            clauses.append("r.status = ?")
-            args.append(status)
-        for key, value in (where or {}).items():
-            if not str(key).isidentifier():
-                raise ValueError(f"setting names are identifiers, got {key!r}")
-            clauses.append(f"json_extract(r.settings, '$.{key}') = ?")
-            args.append(int(value) if isinstance(value, bool) else value)
+            query = query.where(tables.runs.c.status == status)
         if run_ids is not None:
-            clauses.append(f"r.run_id IN ({','.join('?' * len(run_ids))})" if run_ids else "0")
-            args.extend(run_ids)
-        sql = _RUNS_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY r.rowid"
-        return [_run_dict(row) for row in self._conn.execute(sql, args).fetchall()]
+            query = query.where(tables.runs.c.run_id.in_(list(run_ids)))
+        found = self.transact(lambda conn: [dict(r._mapping) for r in conn.execute(query)], "read runs", write=False)
+        missing = object()
+        wanted = dict(where or {})
+        return [run for run in found if all(run["settings"].get(k, missing) == v for k, v in wanted.items())]
 
     # ------------------------------------------------------------------------------------------- rounds
     def record_round(
@@ -304,75 +211,94 @@ class Store:
         """Write one round and its units in one transaction; writing the same round again replaces it.
 
         ``metrics`` holds any of :data:`ROUND_COLUMNS` plus ``layers`` (dict → JSON); missing columns are NULL,
-        unknown keys are an error. ``units`` are dicts with the keys of :data:`UNIT_COLUMNS`.
+        unknown keys are an error. ``units`` are dicts with the keys of :data:`UNIT_COLUMNS`, kept in order.
         """
         unknown = sorted(set(metrics) - set(ROUND_COLUMNS) - {"layers"})
         if unknown:
             raise ValueError(f"unknown round metrics {unknown}; known: {(*ROUND_COLUMNS, 'layers')}")
-        values = [finite_or_none(metrics.get(c)) for c in ROUND_COLUMNS]
-        layers = _json(metrics.get("layers") or {})
-        unit_rows = []
-        for u in units:
-            missing = [c for c in UNIT_COLUMNS if c not in u]
-            if missing:
-                raise ValueError(f"unit record {dict(u)} lacks {missing}")
-            unit_rows.append(
-                (
-                    run_id,
-                    int(round_index),
-                    str(u["unit"]),
-                    int(u["d"]),
-                    finite_or_none(float(u["pqi"])),
-                    int(u["r"]),
-                    int(u["c"]),
-                    int(bool(u["clipped"])),
-                )
-            )
-        cols = ", ".join(ROUND_COLUMNS)
-        with self.transaction() as conn:
+        t = int(round_index)
+        row = {c: finite_or_none(metrics.get(c)) for c in ROUND_COLUMNS}
+        row.update(run_id=run_id, round=t, layers=dict(metrics.get("layers") or {}))
+        unit_rows = [_unit_row(run_id, t, i, u) for i, u in enumerate(units)]
+
+        def write(conn: Connection) -> None:
             # Delete-then-insert, not an upsert per column: a rewritten round must not keep stale units.
-            conn.execute("DELETE FROM units WHERE run_id = ? AND round = ?", (run_id, int(round_index)))
-            conn.execute(
-                f"INSERT OR REPLACE INTO rounds (run_id, round, {cols}, layers) "
-                f"VALUES (?, ?, {', '.join('?' * len(ROUND_COLUMNS))}, ?)",
-                (run_id, int(round_index), *values, layers),
-            )
-            conn.executemany(
-                "INSERT INTO units (run_id, round, unit, d, pqi, r, c, clipped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                unit_rows,
-            )
-            conn.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (_now(), run_id))
+            _delete_rounds(conn, run_id, (tables.rounds.c.round == t))
+            conn.execute(insert(tables.rounds).values(**row))
+            if unit_rows:
+                conn.execute(insert(tables.units), unit_rows)
+            conn.execute(update(tables.runs).where(tables.runs.c.run_id == run_id).values(updated_at=now_iso()))
+
+        self.transact(write, f"write round {t} of run {run_id}")
 
     def rounds(self, run_id: str) -> list[dict[str, Any]]:
         """All recorded rounds of a run, by round, as dicts (``layers`` decoded)."""
-        rows = self._conn.execute("SELECT * FROM rounds WHERE run_id = ? ORDER BY round", (run_id,)).fetchall()
-        out = []
-        for row in rows:
-            d = dict(row)
-            d["layers"] = json.loads(d["layers"])
-            out.append(d)
-        return out
+        query = select(tables.rounds).where(tables.rounds.c.run_id == run_id).order_by(tables.rounds.c.round)
+        return self.transact(lambda conn: [dict(r._mapping) for r in conn.execute(query)], "read rounds", write=False)
 
     def units(self, run_id: str, round_index: int) -> list[dict[str, Any]]:
         """The per-unit records of one round's pruning step, in the order written; ``clipped`` as bool."""
-        rows = self._conn.execute(
-            "SELECT unit, d, pqi, r, c, clipped FROM units WHERE run_id = ? AND round = ? ORDER BY rowid",
-            (run_id, int(round_index)),
-        ).fetchall()
-        return [{**dict(r), "clipped": bool(r["clipped"])} for r in rows]
+        cols = [tables.units.c[c] for c in UNIT_COLUMNS]
+        query = (
+            select(*cols)
+            .where(tables.units.c.run_id == run_id, tables.units.c.round == int(round_index))
+            .order_by(tables.units.c.position, tables.units.c.unit)
+        )
+        found = self.transact(lambda conn: [dict(r._mapping) for r in conn.execute(query)], "read units", write=False)
+        return [{**r, "clipped": bool(r["clipped"])} for r in found]
 
     def truncate_rounds(self, run_id: str, keep_upto: int) -> None:
         """Delete the rounds (and their units) of a run after round ``keep_upto`` (-1: all), in one transaction."""
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM units WHERE run_id = ? AND round > ?", (run_id, int(keep_upto)))
-            conn.execute("DELETE FROM rounds WHERE run_id = ? AND round > ?", (run_id, int(keep_upto)))
+        self.transact(
+            lambda conn: _delete_rounds(conn, run_id, tables.rounds.c.round > int(keep_upto)),
+            f"delete rounds of run {run_id}",
+        )
 
     def delete_run(self, run_id: str) -> None:
-        """Remove a run with its rounds and units (one transaction)."""
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM units WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM rounds WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        """Remove a run with its rounds, units and claim (one transaction)."""
+
+        def write(conn: Connection) -> None:
+            _delete_rounds(conn, run_id, tables.rounds.c.round >= 0)
+            conn.execute(delete(tables.claims).where(tables.claims.c.run_id == run_id))
+            conn.execute(delete(tables.runs).where(tables.runs.c.run_id == run_id))
+
+        self.transact(write, f"delete run {run_id}")
+
+    # ------------------------------------------------------------------------------------------- claims
+    def claim(self, run_id: str) -> Lease:
+        """The claim of this process on ``run_id``, as a context manager (:class:`~pqprune.store.claims.Lease`):
+        raises :class:`~pqprune.store.claims.ClaimHeld` if a live process holds it."""
+        return Lease(self, run_id, self.lease_seconds)
+
+    def live_claims(self) -> dict[str, dict[str, Any]]:
+        """The runs that a live process computes now → their claims row (host, pid, heartbeat)."""
+        rows = self.transact(lambda conn: conn.execute(select(tables.claims)).all(), "read claims", write=False)
+        now = time.time()
+        return {r.run_id: dict(r._mapping) for r in rows if is_live(r, now)}
+
+
+def _delete_rounds(conn: Connection, run_id: str, which: Any) -> None:
+    """Delete a run's rounds matching ``which`` (a condition on ``rounds.round``) and their units."""
+    chosen = select(tables.rounds.c.round).where(tables.rounds.c.run_id == run_id, which)
+    conn.execute(delete(tables.units).where(tables.units.c.run_id == run_id, tables.units.c.round.in_(chosen)))
+    conn.execute(delete(tables.rounds).where(tables.rounds.c.run_id == run_id, which))
+
+
+def _unit_row(run_id: str, t: int, position: int, u: Mapping[str, Any]) -> dict[str, Any]:
+    missing = [c for c in UNIT_COLUMNS if c not in u]
+    if missing:
+        raise ValueError(f"unit record {dict(u)} lacks {missing}")
+    return {
+        "run_id": run_id,
+        "round": t,
+        "unit": str(u["unit"]),
+        "position": position,
+        "d": int(u["d"]),
+        "pqi": finite_or_none(float(u["pqi"])),
+        "r": int(u["r"]),
+        "c": int(u["c"]),
+        "clipped": int(bool(u["clipped"])),
+    }
 
 
 def _check_writable(path: Path) -> None:
@@ -390,117 +316,3 @@ def _check_writable(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise StoreError(f"cannot create the folder of the results database {path}: {err.strerror or err}") from err
-
-
-_RUNS_SELECT = "SELECT r.*, (SELECT COUNT(*) FROM rounds x WHERE x.run_id = r.run_id) AS rounds_done FROM runs r"
-
-
-def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
-    d = dict(row)
-    d["settings"] = json.loads(d["settings"])
-    return d
-
-
-# ================================================================================================ theory studies
-# Section owned by the theory study (pqprune.theory). Kept apart from the runs/rounds schema above:
-# the table is created lazily by the first write (CREATE TABLE IF NOT EXISTS inside that write's transaction), so
-# databases without it stay valid and the schema version is unchanged (a new table alters no existing one).
-#
-#   theory(                                              -- one row per Monte-Carlo cell: a random-network
-#     id INTEGER PRIMARY KEY,                            -- configuration at one tolerance ε (docs/math.md §8)
-#     study TEXT,                                        -- id shared by the cells of one `pqprune theory mc` call
-#     created_at TEXT,                                   -- ISO 8601, UTC
-#     settings TEXT,                                     -- JSON: the RandomNetSpec and the estimator's settings
-#     arch, width, depth, density, method, dist, eps,    -- the cell
-#     n, successes, p_hat, ci_low, ci_high,              -- draws, draws with gap ≤ ε, p̂ and its Wilson 95% interval
-#     guaranteed_probability,                            -- the proven bound's lower bound on P(gap ≤ ε)
-#     delta, bound_eps, gap_mean, gap_q, gap_max,        -- bound's ε at 1−δ; gap mean, (1−δ)-quantile, max
-#     seconds)                                           -- wall time of the configuration's draws
-THEORY_COLUMNS: tuple[str, ...] = (
-    "arch",
-    "width",
-    "depth",
-    "density",
-    "method",
-    "dist",
-    "eps",
-    "n",
-    "successes",
-    "p_hat",
-    "ci_low",
-    "ci_high",
-    "guaranteed_probability",
-    "delta",
-    "bound_eps",
-    "gap_mean",
-    "gap_q",
-    "gap_max",
-    "seconds",
-)
-
-_THEORY_SCHEMA = """
-CREATE TABLE IF NOT EXISTS theory (
-    id                     INTEGER PRIMARY KEY,
-    study                  TEXT NOT NULL,
-    created_at             TEXT NOT NULL,
-    settings               TEXT NOT NULL,
-    arch                   TEXT NOT NULL,
-    width                  INTEGER NOT NULL,
-    depth                  INTEGER NOT NULL,
-    density                REAL NOT NULL,
-    method                 TEXT NOT NULL,
-    dist                   TEXT NOT NULL,
-    eps                    REAL NOT NULL,
-    n                      INTEGER NOT NULL,
-    successes              INTEGER NOT NULL,
-    p_hat                  REAL NOT NULL,
-    ci_low                 REAL NOT NULL,
-    ci_high                REAL NOT NULL,
-    guaranteed_probability REAL NOT NULL,
-    delta                  REAL,
-    bound_eps              REAL,
-    gap_mean               REAL,
-    gap_q                  REAL,
-    gap_max                REAL,
-    seconds                REAL
-)
-"""
-
-
-def record_theory_cells(store: Store, cells: Sequence[Mapping[str, Any]]) -> None:
-    """Write Monte-Carlo cells to the ``theory`` table in one transaction (all or none).
-
-    Each cell holds the keys of :data:`THEORY_COLUMNS` and ``settings`` (a dict, stored as JSON, whose ``study``
-    entry, if any, also fills the ``study`` column). Missing keys or non-dict settings → ``ValueError``.
-    """
-    rows = []
-    for cell in cells:
-        missing = [c for c in THEORY_COLUMNS if c not in cell]
-        if missing:
-            raise ValueError(f"theory cell lacks {missing}")
-        settings = cell.get("settings") or {}
-        if not isinstance(settings, Mapping):
-            raise ValueError(f"theory cell settings must be a dict, got {type(settings).__name__}")
-        rows.append(
-            (
-                str(settings.get("study", "")),
-                _now(),
-                _json(settings),
-                *(finite_or_none(cell[c]) for c in THEORY_COLUMNS),
-            )
-        )
-    cols = ", ".join(("study", "created_at", "settings", *THEORY_COLUMNS))
-    with store.transaction() as conn:
-        conn.execute(_THEORY_SCHEMA)
-        conn.executemany(f"INSERT INTO theory ({cols}) VALUES ({', '.join('?' * (len(THEORY_COLUMNS) + 3))})", rows)
-
-
-def theory_cells(store: Store, study: str | None = None) -> list[dict[str, Any]]:
-    """The ``theory`` rows (``settings`` decoded), oldest first; only those of ``study`` if given; [] if none yet."""
-    exists = store._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'theory'").fetchone()
-    if exists is None:
-        return []
-    sql, args = "SELECT * FROM theory", cast(tuple[str, ...], ())
-    if study is not None:
-        sql, args = sql + " WHERE study = ?", (study,)
-    return [_run_dict(row) for row in store._conn.execute(sql + " ORDER BY id", args).fetchall()]

@@ -14,6 +14,7 @@ class in one file (docs/methods.md).
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,17 +31,47 @@ Counts = dict[str, "int | Tensor"]
 # --------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class UnitRecord:
-    """What was decided for one unit in one round (docs/math.md §5: d, I, r, c, whether β clipped)."""
+    """What was decided for one unit in one round (docs/math.md §5: d, I, r, c, whether β clipped).
+
+    The fields are named for what they count; the paper's one-letter names ``d``, ``r`` and ``c`` (also the
+    columns of the ``units`` table) still read as deprecated aliases and go in the next release.
+    """
 
     unit: str  # "global", a parameter name, or "name[row]" at neuron scope
-    d: int  # survivors before this round
-    index: float  # the sparsity index the decision used; NaN if undefined or if the method uses none
-    r: int  # retained count the rule aims for (d − c for fixed-ratio methods)
-    c: int  # number pruned this round
-    beta_clipped: bool  # the β cap lowered c
+    survivors: int  # d: weights of the unit that survive before this round's step
+    index: float  # I: the sparsity index the decision used; NaN if undefined or if the method uses none
+    retained_target: int  # r: how many survivors the rule aims to keep (survivors − pruned for fixed ratios)
+    pruned: int  # c: weights pruned this round (after the β cap)
+    beta_clipped: bool  # the β cap lowered the number pruned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def d(self) -> int:
+        """Deprecated alias of :attr:`survivors`."""
+        _deprecated("d", "survivors")
+        return self.survivors
+
+    @property
+    def r(self) -> int:
+        """Deprecated alias of :attr:`retained_target`."""
+        _deprecated("r", "retained_target")
+        return self.retained_target
+
+    @property
+    def c(self) -> int:
+        """Deprecated alias of :attr:`pruned`."""
+        _deprecated("c", "pruned")
+        return self.pruned
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"UnitRecord.{old} is deprecated and goes in the next release; use UnitRecord.{new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass
