@@ -75,7 +75,9 @@ def _safetensors_header(path: Path, head: bytes, size: int) -> tuple[int, dict[s
     if not 2 <= n <= _MAX_HEADER:
         return None
     if n > size - 8:
-        raise FileFormatError(f"{path}: not a readable safetensors file (header of {n} bytes, file of {size}; cut short)")
+        raise FileFormatError(
+            f"{path}: not a readable safetensors file (header of {n} bytes, file of {size}; cut short)"
+        )
     with open(path, "rb") as fh:
         fh.seek(8)
         raw = fh.read(n)
@@ -117,7 +119,7 @@ def detect(path: str | os.PathLike) -> tuple[Kind, Any]:
             return "index", doc
         keys = ", ".join(list(doc)[:5]) if isinstance(doc, dict) else type(doc).__name__
         raise FileFormatError(
-            f"{path}: a JSON file but not a shard index (no \"weight_map\" object; it holds {keys or 'nothing'})"
+            f'{path}: a JSON file but not a shard index (no "weight_map" object; it holds {keys or "nothing"})'
         )
     raise FileFormatError(
         f"{path}: not a checkpoint: neither safetensors, a PyTorch zip or pickle file, nor a JSON shard index "

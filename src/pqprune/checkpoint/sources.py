@@ -28,6 +28,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,12 @@ class Source:
 # --------------------------------------------------------------------------------------------- building sources
 def _from_reader(reader: SafetensorsReader, names: Sequence[str] | None = None) -> tuple[dict, dict]:
     names = sorted(reader.infos, key=natural_key) if names is None else names
-    return {n: reader.infos[n] for n in names}, {n: (lambda n=n: reader.read(n)) for n in names}
+    return {n: reader.infos[n] for n in names}, {n: partial(reader.read, n) for n in names}
 
 
 def _from_dict(tensors: Mapping[str, Tensor]) -> tuple[dict, dict]:
     infos = {n: TensorInfo(n, tuple(t.shape), t.dtype) for n, t in tensors.items()}
-    return infos, {n: (lambda t=t: t) for n, t in tensors.items()}
+    return infos, {n: partial(_same, t) for n, t in tensors.items()}
 
 
 def _shard(path: Path) -> tuple[dict, dict]:
@@ -204,14 +205,14 @@ def _run_source(folder: Path, round_: int | None) -> Source:
     model = sorted((k for k in reader.infos if k.startswith("model/")), key=natural_key)
     infos = {k.removeprefix("model/"): reader.infos[k] for k in model}
     infos = {n: TensorInfo(n, i.shape, i.dtype) for n, i in infos.items()}
-    readers = {n: (lambda k=f"model/{n}": reader.read(k)) for n in infos}
+    readers: dict[str, Callable[[], Tensor]] = {n: partial(reader.read, f"model/{n}") for n in infos}
     skeleton = (doc.get("pruner") or {}).get("masks") or {}
     masks: dict[str, Callable[[], Tensor]] = {}
     for name, leaf in skeleton.items():
         key = leaf.get("__tensor__") if isinstance(leaf, Mapping) else None
         if key not in reader.infos or name not in infos:
             raise FileFormatError(f"{reader.path}: the mask of {name!r} named in {rd.json(round_)} is missing")
-        masks[name] = lambda key=key: reader.read(key)
+        masks[name] = partial(reader.read, key)
     src = Source(folder, f"run {folder.name}, round {round_}", infos, readers, [rd.json(round_), reader.path])
     src.mask_readers, src.masks_from, src.settings = masks, str(reader.path), rd.settings()
     return src
@@ -233,9 +234,9 @@ def _sparse_source(path: Path, reader: SafetensorsReader) -> Source:
         infos[name] = TensorInfo(name, tuple(int(s) for s in info["shape"]), dtype)
     meta = dict(entries)
     src = Source(path, f"sparse export {path}", infos, {}, [path])
-    src.readers = {n: (lambda n=n: decode_entry(raw, n, meta[n], path)[0]) for n in infos}
+    src.readers = {n: partial(_decoded, raw, n, meta[n], path, False) for n in infos}
     src.mask_readers = {
-        n: (lambda n=n: _pattern(decode_entry(raw, n, meta[n], path)))
+        n: partial(_decoded, raw, n, meta[n], path, True)
         for n, i in infos.items()
         if prunable_by_default(n, len(i.shape), i.dtype)
     }
@@ -243,9 +244,20 @@ def _sparse_source(path: Path, reader: SafetensorsReader) -> Source:
     return src
 
 
-def _pattern(decoded: tuple[Tensor, Tensor | None]) -> Tensor:
-    tensor, mask = decoded
+def _decoded(raw: Mapping[str, Tensor], name: str, info: Mapping[str, Any], path: Path, pattern: bool) -> Tensor:
+    """A sparse export's tensor, or (``pattern``) its mask: the stored pattern, or its zeros for a dense entry."""
+    tensor, mask = decode_entry(raw, name, info, path)
+    if not pattern:
+        return tensor
     return tensor != 0 if mask is None else mask
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
+def _nonzero(read: Callable[[], Tensor]) -> Tensor:
+    return read() != 0
 
 
 class _LazyParts(Mapping[str, Tensor]):
@@ -269,6 +281,18 @@ class _LazyParts(Mapping[str, Tensor]):
         return len(self.reader.infos)
 
 
+def memory_source(
+    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None] | None = None, what: str = "the model"
+) -> Source:
+    """Tensors already in memory (and their masks) as a :class:`Source`."""
+    infos, readers = _from_dict(weights)
+    src = Source(Path(what), what, infos, readers, [])
+    present = {n: m for n, m in (masks or {}).items() if m is not None}
+    src.mask_readers = {n: partial(_same, m) for n, m in present.items()}
+    src.masks_from = what if present else None
+    return src
+
+
 def _file_source(path: Path, round_: int | None) -> Source:
     kind, found = detect(path)
     if kind == "index":
@@ -290,7 +314,7 @@ def _file_source(path: Path, round_: int | None) -> Source:
     if fmt == SHRUNK_FORMAT:  # pruned entries inside the kept neurons are its zeros
         src.what, src.masks_from = f"shrunk export {path}", str(path)
         src.mask_readers = {
-            n: (lambda n=n: readers[n]() != 0) for n, i in infos.items() if prunable_by_default(n, len(i.shape), i.dtype)
+            n: partial(_nonzero, readers[n]) for n, i in infos.items() if prunable_by_default(n, len(i.shape), i.dtype)
         }
     return src
 
@@ -315,9 +339,7 @@ def _folder_source(folder: Path, round_: int | None) -> Source:
     )
 
 
-def open_source(
-    path: str | os.PathLike, round_: int | None = None, masks: str | os.PathLike | None = None
-) -> Source:
+def open_source(path: str | os.PathLike, round_: int | None = None, masks: str | os.PathLike | None = None) -> Source:
     """The :class:`Source` at ``path`` (a file or a folder, see the module's docstring).
 
     ``round_``: the round of a run folder (default: its last finished round). ``masks``: a mask file for a plain
@@ -356,8 +378,6 @@ def _attach_masks(src: Source, path: Path) -> None:
         raise FileFormatError(f"{path}: masks name tensors that {src.what} does not hold: {unknown}")
     for n, info in infos.items():
         if info.shape != src.infos[n].shape:
-            raise FileFormatError(
-                f"{path}: mask for {n!r} has shape {info.shape}, the weight has {src.infos[n].shape}"
-            )
+            raise FileFormatError(f"{path}: mask for {n!r} has shape {info.shape}, the weight has {src.infos[n].shape}")
     src.mask_readers, src.masks_from = readers, str(path)
     src.inputs.append(path)

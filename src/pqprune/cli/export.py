@@ -6,22 +6,45 @@ import typer
 from rich.console import Console
 
 from pqprune.cli.app import _input_errors, app, fail
-from pqprune.cli.sources import _export_model, _export_source, _parse_shape
+from pqprune.cli.sources import (
+    EXCLUDE_HELP,
+    INCLUDE_HELP,
+    ROUND_HELP,
+    SOURCE_HELP,
+    _export_model,
+    _parse_shape,
+    check_out,
+    open_checkpoint,
+    selected_names,
+)
 from pqprune.cli.tables import _metrics_table
 
 # --------------------------------------------------------------------------------------------- export
 
 
+def check_finite(what: str, state: dict, masks: dict) -> None:
+    """Refuse NaN or infinite surviving weights: exported, they would make every output NaN."""
+    import torch
+
+    for name, t in state.items():
+        if t.is_floating_point():
+            m = masks.get(name)
+            alive = t if m is None else t[m]
+            if not bool(torch.isfinite(alive).all()):
+                raise ValueError(f"{what}: tensor {name!r} has NaN or infinite surviving entries")
+
+
 @app.command("export")
 def export_command(
-    source: str = typer.Argument(
-        ..., help="A run directory (runs/<run_id>: its last round) or a .safetensors/.pt state dict."
-    ),
+    source: str = typer.Argument(..., help=SOURCE_HELP + " Without masks, a plain checkpoint's zeros are pruned."),
     fmt: str = typer.Option(
         ..., "--format", help="sparse (compact encoding, same model) or shrunk (dead neurons removed)."
     ),
     out: str = typer.Option(..., "--out", help="Output .safetensors file (written atomically)."),
-    masks: str | None = typer.Option(None, "--masks", help="Masks of a state-dict SOURCE (the engine's mask file)."),
+    masks: str | None = typer.Option(None, "--masks", help="Masks of a plain checkpoint (the engine's mask file)."),
+    round_: int | None = typer.Option(None, "--round", help=ROUND_HELP),
+    include: list[str] | None = typer.Option(None, "--include", metavar="PATTERN", help=INCLUDE_HELP),
+    exclude: list[str] | None = typer.Option(None, "--exclude", metavar="PATTERN", help=EXCLUDE_HELP),
     model: str | None = typer.Option(None, "--model", help="Architecture for shrunk / FLOPs (default: the run's)."),
     data: str | None = typer.Option(
         None, "--data", help="Data set giving the input shape and classes (default: the run's)."
@@ -37,18 +60,29 @@ def export_command(
     """Write a pruned model compactly (sparse) or physically smaller (shrunk); print its metrics before and after."""
     import os
 
+    import torch
+
     from pqprune import export
     from pqprune.files import FileFormatError
 
     if fmt not in ("sparse", "shrunk"):
         fail(f"--format must be sparse or shrunk, got {fmt!r}")
     shape = _parse_shape(input_shape)
+    src = open_checkpoint(source, round_, masks)
+    check_out(out, src.inputs, (".safetensors",), f"a safetensors file (pqprune's {fmt} export)")
+    names = selected_names(src, include, exclude)
     try:
-        state, mask_map, settings, what = _export_source(source, masks)
+        state, mask_map = src.load()
+        what = src.what
+        if src.masks_from is None:  # a state dict pruned elsewhere: its exact zeros are its masks
+            mask_map = {n: state[n] != 0 for n in names}
+            what += " (no masks: zeros taken as pruned)"
+        mask_map = {n: m.to(torch.bool) for n, m in mask_map.items()}
         export.check_pruned(mask_map)
+        check_finite(src.what, state, mask_map)
         net = None
         if fmt == "shrunk" or model is not None:
-            net, shape = _export_model(state, settings, model, data, shape, num_classes, model_option)
+            net, shape = _export_model(state, src.settings, model, data, shape, num_classes, model_option)
         before = export.model_metrics(net if net is not None else state, mask_map, shape)
         if fmt == "sparse":
             export.save_sparse(state, mask_map, out)

@@ -8,9 +8,17 @@ import typer
 from rich.console import Console
 
 from pqprune.cli.app import CONTEXT, _csv_values, app, err_console, fail
+from pqprune.cli.sources import (
+    EXCLUDE_HELP,
+    INCLUDE_HELP,
+    MASKS_HELP,
+    ROUND_HELP,
+    SOURCE_HELP,
+    open_checkpoint,
+    selected_names,
+)
 from pqprune.cli.tables import _g, _print_rows
 from pqprune.files import save_json_document
-from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
 from pqprune.theory.moments import magnitude_moment_normal, magnitude_moment_uniform, magnitude_threshold, random_moment
@@ -22,8 +30,12 @@ from pqprune.theory.moments import magnitude_moment_normal, magnitude_moment_uni
 @app.command("bound")
 def bound_command(
     checkpoint: str | None = typer.Option(
-        None, "--checkpoint", help="State dict (.safetensors/.pt): ℓ_q bound per layer."
+        None, "--checkpoint", help="ℓ_q bound per layer of a checkpoint. " + SOURCE_HELP
     ),
+    masks: str | None = typer.Option(None, "--masks", help="Checkpoint mode: " + MASKS_HELP),
+    round_: int | None = typer.Option(None, "--round", help="Checkpoint mode: " + ROUND_HELP),
+    include: list[str] | None = typer.Option(None, "--include", metavar="PATTERN", help=INCLUDE_HELP),
+    exclude: list[str] | None = typer.Option(None, "--exclude", metavar="PATTERN", help=EXCLUDE_HELP),
     eps: float | None = typer.Option(
         None, "--eps", help="Tolerance ε (gap on the unit ball, or ℓ_q per-neuron tolerance)."
     ),
@@ -48,16 +60,20 @@ def bound_command(
 
     from rich.table import Table
 
-    from pqprune.files import FileFormatError, load_state_dict
+    from pqprune.export import apply_masks
+    from pqprune.files import FileFormatError
 
     out = Console()
     try:
         if checkpoint is not None:
             if eps is None:
                 fail("--checkpoint needs --eps (the per-neuron tolerance)")
-            state = load_state_dict(checkpoint)
-            result = _bound_checkpoint(state, q, eps, input_bound, relative)
-            title = f"ℓ_q bound rule (q={q}, ε={eps}{' relative' if relative else ''}, B={input_bound}): {checkpoint}"
+            src = open_checkpoint(checkpoint, round_, masks)
+            names = selected_names(src, include, exclude)
+            state, mask_map = src.load()
+            state = apply_masks(state, mask_map)  # pruned weights are 0: what the bound sees
+            result = _bound_checkpoint(state, names, q, eps, input_bound, relative)
+            title = f"ℓ_q bound rule (q={q}, ε={eps}{' relative' if relative else ''}, B={input_bound}): {src.what}"
         else:
             spec = RandomNetSpec(arch=arch, width=width, depth=depth, density=density, method=method, dist=dist)
             if eps is None and delta is None:
@@ -117,7 +133,7 @@ def _bound_sizes(spec, eps: float | None, delta: float | None) -> dict:
     return {"spec": dict(spec.__dict__), "layers": layers, "summary": summary}
 
 
-def _bound_checkpoint(state: dict, q: float, eps: float, input_bound: float, relative: bool) -> dict:
+def _bound_checkpoint(state: dict, names: list[str], q: float, eps: float, input_bound: float, relative: bool) -> dict:
     """ℓ_q keep counts per layer; through the network when the 2-D weights chain (ReLU assumed between them)."""
 
     summary: dict[str, object] = {}
@@ -128,10 +144,7 @@ def _bound_checkpoint(state: dict, q: float, eps: float, input_bound: float, rel
         summary["output change bound (l2, from exact tails)"] = net.output_bound_tail
         summary["assumption"] = "layers chain as Linear→ReLU→…→Linear; hidden input bounds propagated by ‖w'‖₁"
     except ValueError:
-        bounds = [
-            lq_layer_bound(w, q, eps, input_bound, relative=relative, name=name)
-            for name, w in named_weights(state).items()
-        ]
+        bounds = [lq_layer_bound(state[name], q, eps, input_bound, relative=relative, name=name) for name in names]
         summary["assumption"] = f"layers do not chain: every layer's inputs assumed |h| ≤ {input_bound}"
     kept = sum(b.kept for b in bounds)
     total = sum(b.total for b in bounds)
