@@ -113,7 +113,7 @@ def _read_layer(name: str, w: Tensor, m: Tensor | None, p: float, q: float, scop
     else:
         assert rows is not None
         layer.sum_p, layer.sum_q = float(rows.sums[p].sum()), float(rows.sums[q].sum())
-        layer.gini = cast(dict, gini({name: w}, "layer", {name: m}))[name]
+        layer.gini = cast(float, gini(w, "global", m))
         layer.keys = key_histogram(w, m, name)
     if scope == "neuron":
         assert rows is not None
@@ -227,7 +227,7 @@ def analyze_source(
     if all_half or held is None:
         global_gini = everything.hist.gini()
     else:
-        global_gini = cast(float, gini({n: w for n, (w, _) in held.items()}, "global", _masks_of(held)))
+        global_gini = _exact_gini(held)
     if scope == "global":
         prune = sap_prune_count(everything.pqi(), everything.alive, p, q)
         if all_half:
@@ -256,6 +256,13 @@ def analyze_source(
     return report
 
 
+def _exact_gini(held: Mapping[str, tuple[Tensor, Tensor | None]]) -> float:
+    """The Gini index of the survivors of all ``held`` tensors together (order does not matter: one sort)."""
+    wide = torch.float64 if any(w.dtype == torch.float64 for w, _ in held.values()) else torch.float32
+    survivors = [(w if m is None else w[m]).reshape(-1).to(wide) for w, m in held.values()]
+    return cast(float, gini(torch.cat(survivors)))
+
+
 def _masks_of(held: Mapping[str, tuple[Tensor, Tensor | None]]) -> dict[str, Tensor]:
     return {n: m for n, (_, m) in held.items() if m is not None}
 
@@ -272,7 +279,7 @@ def _group_rows(
             value = pool.hist.gini()
         else:
             mine = {layer.name: held[layer.name] for layer in members}
-            value = cast(float, gini({n: w for n, (w, _) in mine.items()}, "global", _masks_of(mine)))
+            value = _exact_gini(mine)
             exact = True
         rows.append({**_row(name, pool, value), "layers": len(members), "gini_exact": exact})
     return rows

@@ -60,7 +60,10 @@ def _print_table(report: dict, title: str) -> None:
                 _fmt(row.get(f"neuron_pqi_{k}")) if row["name"] != "global" else "" for k in ("min", "median", "max")
             ]
         table.add_row(*cells, end_section=row["name"] != "global" and i == len(rows) - 2, style=None)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: long tensor names are not cut to 80 columns
+        console = Console(width=200)
+    console.print(table)
     if not report["global"].get("gini_exact", True):
         Console().print(
             "global Gini from binned float32 magnitudes: at most 2^-14 below the exact value", highlight=False
