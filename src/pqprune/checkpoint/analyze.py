@@ -224,10 +224,7 @@ def analyze_source(
         layers.append(layer)
         del w, m
     all_half = all(layer.half is not None for layer in layers)
-    if all_half or held is None:
-        global_gini = everything.hist.gini()
-    else:
-        global_gini = _exact_gini(held)
+    global_gini = everything.hist.gini() if all_half or held is None else _exact_gini(held)
     if scope == "global":
         prune = sap_prune_count(everything.pqi(), everything.alive, p, q)
         if all_half:
