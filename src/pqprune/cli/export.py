@@ -16,6 +16,7 @@ from pqprune.cli.sources import (
     check_out,
     open_checkpoint,
     selected_names,
+    writing,
 )
 from pqprune.cli.tables import _metrics_table
 
@@ -85,12 +86,14 @@ def export_command(
             net, shape = _export_model(state, src.settings, model, data, shape, num_classes, model_option)
         before = export.model_metrics(net if net is not None else state, mask_map, shape)
         if fmt == "sparse":
-            export.save_sparse(state, mask_map, out)
+            with writing(out):
+                export.save_sparse(state, mask_map, out)
             after = dict(before)
         else:
             assert net is not None  # built above for the shrunk format
             small = export.shrink(net, mask_map)
-            export.save_shrunk(small, out)
+            with writing(out):
+                export.save_shrunk(small, out)
             after = export.model_metrics(small, None, shape)
     except (FileFormatError, ValueError, TypeError, *_input_errors()) as err:
         fail(str(err))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from pqprune.cli.app import _parse_kv, fail
 
 # Options every command reading a checkpoint takes, with the same names and help.
@@ -57,6 +60,16 @@ def check_out(out: str, inputs, suffixes: tuple[str, ...], what: str) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         fail(f"--out {out}: cannot write in folder {existing}")
+
+
+@contextlib.contextmanager
+def writing(out: str) -> Iterator[None]:
+    """Turn an error writing ``--out`` (a full disk, a read-only file system) into one line and exit code 2; the
+    write is atomic, so nothing is left behind."""
+    try:
+        yield
+    except OSError as err:
+        fail(f"--out {out}: cannot write ({err.strerror or err})")
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
