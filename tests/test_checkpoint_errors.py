@@ -71,7 +71,7 @@ def test_truncated_safetensors(weights, tmp_path):
 
 
 def test_masks_that_do_not_match_name_the_masks_file(weights, tmp_path):
-    path, state = weights
+    path, _state = weights
     masks = tmp_path / "masks.safetensors"
     save_file({"model.layers.9.mlp.up_proj.weight": torch.ones(2, 2, dtype=torch.bool)}, str(masks))
     _fails(["analyze", path, "--masks", masks], f"{masks}: masks name tensors that", "model.layers.9.mlp.up_proj")
@@ -109,7 +109,7 @@ def test_nan_or_inf_among_survivors(weights, tmp_path, bad):
 
 
 def test_out_may_not_be_an_input(weights, tmp_path):
-    path, state = weights
+    path, _state = weights
     before = path.read_bytes()
     masks = tmp_path / "masks.safetensors"
     save_file({"lm_head.weight": torch.rand(50, 16) < 0.5}, str(masks))
