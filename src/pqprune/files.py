@@ -7,12 +7,13 @@ crash or Ctrl-C leaves either the old file or the new one, never half of one. Pi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on leaving the block it is fsynced and renamed over ``path``, or
+    removed if the block raised (a crash leaves the old file or the new one, never half of one).
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the
     private ``0o600`` of a temporary file, so a results folder shared on a cluster stays readable.
@@ -72,14 +75,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     tmp = Path(tmp_name)
     try:
         tmp.chmod(0o666 & ~_umask())
-        write(tmp)
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``
+    (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def save_tensors(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -57,18 +57,23 @@ class _Pool:
     kept: int = 0
     sum_p: float = 0.0
     sum_q: float = 0.0
-    hist: Histogram = field(default_factory=Histogram.empty_keys)
+    hist: Histogram | None = None  # made on the first add (2^20 bins): rows of single layers need none
 
     def add(self, layer: _Layer) -> None:
         self.numel += layer.numel
         self.alive += layer.alive
         self.sum_p += layer.sum_p
         self.sum_q += layer.sum_q
+        if self.hist is None:
+            self.hist = Histogram.empty_keys()
         if layer.half is not None:
             self.hist.add_half(layer.half, layer.dtype)
         else:
             assert layer.keys is not None
             self.hist.add_keys(*layer.keys, exact=False)
+
+    def gini(self) -> float:
+        return self.hist.gini() if self.hist is not None else math.nan
 
     def pqi(self) -> float:
         return _pqi(self.alive, self.sum_p, self.sum_q, self.p, self.q)
@@ -224,7 +229,7 @@ def analyze_source(
         layers.append(layer)
         del w, m
     all_half = all(layer.half is not None for layer in layers)
-    global_gini = everything.hist.gini() if all_half or held is None else _exact_gini(held)
+    global_gini = everything.gini() if all_half or held is None else _exact_gini(held)
     if scope == "global":
         prune = sap_prune_count(everything.pqi(), everything.alive, p, q)
         if all_half:
@@ -273,7 +278,7 @@ def _group_rows(
         pool.kept = sum(layer.kept for layer in members)
         exact = all(layer.half is not None for layer in members)
         if exact or held is None:
-            value = pool.hist.gini()
+            value = pool.gini()
         else:
             mine = {layer.name: held[layer.name] for layer in members}
             value = _exact_gini(mine)

@@ -28,7 +28,10 @@ def _report_rows(report: dict) -> list[dict]:
     """Flat rows (layers, or roles with --group-by, then the model as ``global``) for CSV and the table."""
     rows = []
     for layer in report.get("groups") or report["layers"]:
-        shape = "x".join(str(s) for s in layer["shape"]) if "shape" in layer else f"{layer['layers']} layers"
+        if "shape" in layer:
+            shape = "x".join(str(s) for s in layer["shape"])
+        else:
+            shape = f"{layer['layers']} layer{'s' if layer['layers'] > 1 else ''}"
         row = {"name": layer["name"], "shape": shape}
         row.update({k: layer[k] for k in ("numel", "density", "pqi", "gini", "sap_keep_fraction")})
         for k, v in layer.get("neuron_pqi", {}).items():

@@ -15,7 +15,9 @@ index takes each bin's values at their mean rank, which can only lower it, by at
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,7 @@ EXACT_GINI_ERROR = 2.0**-14
 _CHUNK = 1 << 20
 
 
+@functools.lru_cache(maxsize=4)
 def half_values(dtype: torch.dtype) -> Tensor:
     """The float64 magnitude of each of the 2^15 sign-less bit patterns of a 16-bit float ``dtype`` (ascending:
     non-negative floats sort like their bit patterns; the last patterns are Inf and NaN)."""
@@ -41,25 +44,51 @@ def _nonfinite_from(dtype: torch.dtype) -> int:
     return int(torch.tensor(math.inf, dtype=dtype).view(torch.int16))
 
 
+_SIGN_OFF = torch.tensor(0x7FFF, dtype=torch.int16)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="pqprune-hist")
+    return _POOL
+
+
+def _count_range(bits: Tensor, alive: Tensor | None, start: int, stop: int) -> tuple[Tensor, int]:
+    """Counts of the sign-less patterns of ``bits[start:stop]`` (pruned entries counted as 0) and the number pruned."""
+    counts = torch.zeros(HALF_BINS, dtype=torch.int64)
+    buf = torch.empty(min(_CHUNK, stop - start), dtype=torch.int16)
+    pruned = 0
+    for i in range(start, stop, _CHUNK):
+        part = bits[i : min(i + _CHUNK, stop)]
+        keys = torch.bitwise_and(part, _SIGN_OFF, out=buf[: part.numel()])
+        if alive is not None:
+            dead = alive[i : i + part.numel()].logical_not()
+            keys.masked_fill_(dead, 0)  # counted as zeros, taken off by the caller
+            pruned += int(torch.count_nonzero(dead))
+        counts += torch.bincount(keys, minlength=HALF_BINS)
+    return counts, pruned
+
+
 def half_histogram(w: Tensor, mask: Tensor | None = None, name: str = "tensor") -> Tensor:
     """Counts (int64 [2^15]) of each magnitude among the survivors of the float16/bfloat16 tensor ``w`` (``mask``
-    True = survives), in one pass of a chunk at a time. Raises ``ValueError`` naming ``name`` if a survivor is NaN
-    or infinite."""
+    True = survives), in one pass, a chunk at a time, the chunks shared among threads (counting is single-threaded
+    in PyTorch). Raises ``ValueError`` naming ``name`` if a survivor is NaN or infinite."""
     if w.dtype not in HALF_DTYPES:
         raise ValueError(f"half_histogram takes float16/bfloat16 tensors, got {w.dtype}")
     bits = w.detach().reshape(-1).view(torch.int16)
     alive = None if mask is None else mask.reshape(-1)
-    counts = torch.zeros(HALF_BINS, dtype=torch.int64)
-    buf = torch.empty(min(_CHUNK, bits.numel()), dtype=torch.int16)
-    pruned = 0
-    for i in range(0, bits.numel(), _CHUNK):
-        part = bits[i : i + _CHUNK]
-        keys = torch.bitwise_and(part, 0x7FFF, out=buf[: part.numel()])
-        if alive is not None:
-            dead = alive[i : i + _CHUNK].logical_not()
-            keys.masked_fill_(dead, 0)  # counted as zeros, taken off below
-            pruned += int(torch.count_nonzero(dead))
-        counts += torch.bincount(keys, minlength=HALF_BINS)
+    n = bits.numel()
+    workers = max(1, min(torch.get_num_threads(), n // (4 * _CHUNK)))
+    if workers == 1:
+        counts, pruned = _count_range(bits, alive, 0, n)
+    else:
+        step = -(-n // workers)
+        parts = [_pool().submit(_count_range, bits, alive, a, min(a + step, n)) for a in range(0, n, step)]
+        results = [f.result() for f in parts]
+        counts = torch.stack([c for c, _ in results]).sum(0)
+        pruned = sum(k for _, k in results)
     counts[0] -= pruned
     if bool(counts[_nonfinite_from(w.dtype) :].any()):
         raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
@@ -86,6 +115,7 @@ def key_histogram(w: Tensor, mask: Tensor | None = None, name: str = "tensor") -
     return counts, sums
 
 
+@functools.lru_cache(maxsize=4)
 def half_keys(dtype: torch.dtype) -> Tensor:
     """The key bin (int64 [2^15]) of each magnitude of a 16-bit float ``dtype`` (each in a bin of its own)."""
     return (half_values(dtype).to(torch.float32).view(torch.int32) >> KEY_SHIFT).to(torch.int64)
