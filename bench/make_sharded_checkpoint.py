@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    if Path.cwd() in [a.folder.resolve(), *a.folder.resolve().parents] and (Path.cwd() / ".git").exists():
-        if "runs" not in a.folder.resolve().relative_to(Path.cwd()).parts:
-            sys.exit(f"{a.folder}: inside the repository; write it under /tmp or runs/ (never committed)")
+    inside = Path.cwd() in [a.folder.resolve(), *a.folder.resolve().parents] and (Path.cwd() / ".git").exists()
+    if inside and "runs" not in a.folder.resolve().relative_to(Path.cwd()).parts:
+        sys.exit(f"{a.folder}: inside the repository; write it under /tmp or runs/ (never committed)")
     t0 = time.perf_counter()
     index = make(a.folder, a.layers, a.hidden, a.mlp, a.vocab, a.seed)
     params = sum(torch.Size(s).numel() for _, s in layout(a.layers, a.hidden, a.mlp, a.vocab))

@@ -67,8 +67,8 @@ class SafetensorsWriter:
         t = tensor.detach().to("cpu").contiguous()
         if t.dtype not in _ST_NAMES:
             raise TypeError(f"{self.path}: cannot store tensor {name!r} of dtype {t.dtype}")
-        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-        self._fh.write(memoryview(data))
+        if t.numel():
+            self._fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         n = t.numel() * t.element_size()
         self._entries[name] = {
             "dtype": _ST_NAMES[t.dtype],
