@@ -68,7 +68,7 @@ class SafetensorsWriter:
         if t.dtype not in _ST_NAMES:
             raise TypeError(f"{self.path}: cannot store tensor {name!r} of dtype {t.dtype}")
         if t.numel():
-            self._fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            self._fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
         n = t.numel() * t.element_size()
         self._entries[name] = {
             "dtype": _ST_NAMES[t.dtype],
