@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_measures.py
 	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_runner.py
 	$(BIN)/python bench/bench_export.py
 
 # Removes the environment and build leftovers, never results (runs/ holds the results database and checkpoints).

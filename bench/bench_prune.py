@@ -1,15 +1,18 @@
 """Benchmarks of the pruning engine (not part of the test suite).
 
-(a) One global magnitude-pruning step (20%) on ~11M and ~100M weights: pqprune (``Pruner.step`` with
-    ``LotteryTicket(0.2)``: measure, exact-k selection, mask update, enforce) against a full sort of all
-    magnitudes and against ``torch.nn.utils.prune.global_unstructured``. Every measurement runs in its own
-    subprocess; peak extra memory = max RSS (``resource.getrusage``) minus the RSS just before the step.
+(a) One global magnitude-pruning step (20%) on 11.8M weights (five 4608×512 linear layers) and 102.4M weights
+    (ten 4096×2500): pqprune (``Pruner.step`` with ``LotteryTicket(0.2)``: measure, exact-k selection, mask
+    update, enforce) against ``torch.nn.utils.prune.global_unstructured`` and against a full sort of all
+    magnitudes. Every measurement runs in a fresh subprocess with ``--threads`` threads (default 2); peak extra
+    memory = max RSS (``resource.getrusage``) minus the RSS just before the step. pqprune's masks are checked
+    to equal the full sort's (exact count, ties by flat index); the targets (≥ 30× faster than
+    ``global_unstructured``, ≤ 0.5× the weights of extra memory at 102M) are printed met or missed.
 (b) One training step (forward, backward, SGD momentum + weight decay) of the MLP 784-128-256-10 and of a
     small CNN: pqprune masks through ``Pruner.wrap(optimizer)`` against the same model and optimizer unwrapped,
     and against ``torch.nn.utils.prune`` hooks, all at the same density (80%), one thread. Medians of thread
     CPU time over interleaved repetitions in rotating order, and the median of per-repetition ratios.
 
-    python bench/bench_prune.py [--sizes 11M,100M] [--quick]
+    python bench/bench_prune.py [--sizes 12M,102M] [--threads 2] [--quick] [--only a|b]
 """
 
 from __future__ import annotations
@@ -25,19 +28,15 @@ import time
 import torch
 from torch import nn
 
-SIZES = {"11M": 11_173_962, "100M": 100_000_000}
+# Label → (layers, out features, in features).
+SIZES = {"12M": (5, 512, 4608), "102M": (10, 4096, 2500)}
 
 
 # ------------------------------------------------------------------------------------------------ (a)
-def _model(total: int) -> nn.Module:
-    """Linear layers of ResNet-like sizes (512×4608, 2.36M each) summing to ~``total`` weights."""
+def _model(size: str) -> nn.Module:
     torch.manual_seed(0)
-    rows, cols = 512, 4608
-    n_full, rest = divmod(total, rows * cols)
-    layers = [nn.Linear(cols, rows, bias=False) for _ in range(n_full)]
-    if rest:
-        layers.append(nn.Linear(rest, 1, bias=False))
-    return nn.Sequential(*layers)
+    n, rows, cols = SIZES[size]
+    return nn.Sequential(*[nn.Linear(cols, rows, bias=False) for _ in range(n)])
 
 
 def _cpu() -> float:
@@ -50,9 +49,18 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def worker(kind: str, total: int) -> dict:
-    torch.set_num_threads(1)
-    model = _model(total)
+def _digest(masks: list[torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in masks:
+        h.update(m.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def worker(kind: str, size: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    model = _model(size)
     weights = [m.weight for m in model]
     n = sum(w.numel() for w in weights)
     k = int(0.2 * n)
@@ -64,12 +72,12 @@ def worker(kind: str, total: int) -> dict:
         t, c0 = time.perf_counter(), _cpu()
         pr.step()
         dt, dc = time.perf_counter() - t, _cpu() - c0
-        pruned = n - round(pr.density() * n)
+        masks = list(pr.masks.values())
     elif kind == "sort":
         before = _rss()
         t, c0 = time.perf_counter(), _cpu()
         flat = torch.cat([w.detach().abs().reshape(-1) for w in weights])
-        order = torch.sort(flat, stable=True).indices[:k]
+        order = torch.sort(flat, stable=True).indices[:k]  # ties: lower flat index first
         keep = torch.ones(n, dtype=torch.bool)
         keep[order] = False
         masks, off = [], 0
@@ -80,7 +88,6 @@ def worker(kind: str, total: int) -> dict:
             for w, m in zip(weights, masks):
                 w.mul_(m)
         dt, dc = time.perf_counter() - t, _cpu() - c0
-        pruned = int((~keep).sum())
     elif kind == "torch_prune":
         from torch.nn.utils import prune
 
@@ -88,7 +95,7 @@ def worker(kind: str, total: int) -> dict:
         t, c0 = time.perf_counter(), _cpu()
         prune.global_unstructured([(m, "weight") for m in model], pruning_method=prune.L1Unstructured, amount=0.2)
         dt, dc = time.perf_counter() - t, _cpu() - c0
-        pruned = int(sum((m.weight_mask == 0).sum() for m in model))
+        masks = [m.weight_mask.bool() for m in model]
     else:
         raise ValueError(kind)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -99,39 +106,50 @@ def worker(kind: str, total: int) -> dict:
         "cpu_seconds": dc,
         "extra_bytes": peak - before,
         "weight_bytes": 4 * n,
-        "pruned": pruned,
+        "pruned": int(sum(int((~m).sum()) for m in masks)),
         "k": k,
+        "digest": _digest(masks),
     }
 
 
-def run_worker(kind: str, total: int) -> dict:
+def run_worker(kind: str, size: str, threads: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, str(total)], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--worker", kind, size, str(threads)], capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_step(sizes: list[str], skip_sort_at: int) -> list[str]:
+def bench_step(sizes: list[str], threads: int, skip_sort: set[str]) -> list[str]:
     lines = [
-        "| weights | method | wall (s) | CPU (s) | CPU vs pqprune | peak extra memory (× weights) |",
-        "|---|---|---|---|---|---|",
+        "| weights | method | wall (s) | CPU (s) | wall vs pqprune | peak extra memory (× weights) | masks |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
+    verdicts = []
     for label in sizes:
-        total = SIZES[label]
-        res = {"pqprune": run_worker("pqprune", total)}
-        assert res["pqprune"]["pruned"] == res["pqprune"]["k"], res["pqprune"]
-        for kind in ("torch_prune", "sort"):
-            if kind == "sort" and total > skip_sort_at:
-                continue
-            res[kind] = run_worker(kind, total)
-        base = res["pqprune"]["cpu_seconds"]
+        res = {
+            "pqprune": run_worker("pqprune", label, threads),
+            "torch_prune": run_worker("torch_prune", label, threads),
+        }
+        if label not in skip_sort:
+            res["sort"] = run_worker("sort", label, threads)
+        ours = res["pqprune"]
+        assert ours["pruned"] == ours["k"], ours
         for kind, r in res.items():
+            same = "same" if r["digest"] == ours["digest"] else "differ"
             lines.append(
-                f"| {label} | {kind} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['cpu_seconds'] / base:.1f}× "
-                f"| {r['extra_bytes'] / r['weight_bytes']:.2f} |"
+                f"| {r['n'] / 1e6:.1f}M | {kind} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+                f"{r['seconds'] / ours['seconds']:.1f}× | {r['extra_bytes'] / r['weight_bytes']:.2f} | {same} |"
             )
         print("\n".join(lines[-len(res) :]), flush=True)
-    return lines
+        if "sort" in res and res["sort"]["digest"] != ours["digest"]:
+            verdicts.append(f"{label}: masks differ from the stable full sort: MISSED")
+        speed = res["torch_prune"]["seconds"] / ours["seconds"]
+        memory = ours["extra_bytes"] / ours["weight_bytes"]
+        verdicts.append(
+            f"{label}: {speed:.0f}× faster than global_unstructured (target ≥ 30×: {'met' if speed >= 30 else 'MISSED'}), "
+            f"peak extra {memory:.2f}× the weights (target ≤ 0.5×: {'met' if memory <= 0.5 else 'MISSED'})"
+        )
+    return [*lines, "", *verdicts]
 
 
 # ------------------------------------------------------------------------------------------------ (b)
@@ -222,18 +240,23 @@ def bench_train(reps: int, steps: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", nargs=2, metavar=("KIND", "N"))
-    ap.add_argument("--sizes", default="11M,100M")
-    ap.add_argument("--skip-sort-above", type=int, default=200_000_000)
+    ap.add_argument("--worker", nargs=3, metavar=("KIND", "SIZE", "THREADS"))
+    ap.add_argument("--sizes", default="12M,102M")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of (a)")
+    ap.add_argument("--skip-sort", default="", help="sizes without the full-sort baseline (it needs 6× the weights)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions of (b)")
     ap.add_argument("--only", choices=("a", "b"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]))))
+        print(json.dumps(worker(args.worker[0], args.worker[1], int(args.worker[2]))))
         return
     out = []
     if args.only in (None, "a"):
-        out += ["(a) one global 20% pruning step", *bench_step(args.sizes.split(","), args.skip_sort_above), ""]
+        out += [
+            f"(a) one global 20% pruning step, fresh process each, {args.threads} threads",
+            *bench_step(args.sizes.split(","), args.threads, set(filter(None, args.skip_sort.split(",")))),
+            "",
+        ]
     if args.only in (None, "b"):
         out += [
             "(b) one training step, SGD momentum + weight decay, density 0.8",

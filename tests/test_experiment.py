@@ -337,3 +337,23 @@ def test_a_run_computed_elsewhere_is_busy(tmp_path: Path) -> None:
         assert rd.is_live()
         with pytest.raises(RunBusy, match="another process"):
             run_experiment(TINY, tmp_path / "db.sqlite", tmp_path / "runs")
+
+
+def test_threads_are_recorded_with_library_versions_and_not_in_the_identity(tmp_path: Path) -> None:
+    import numpy as np
+
+    one = TINY.replace(rounds=0, threads=1)
+    assert one.run_id() == TINY.replace(rounds=0).run_id() == TINY.replace(rounds=0, threads=2).run_id()
+    old = torch.get_num_threads()
+    result = run_experiment(one, tmp_path / "db.sqlite", tmp_path / "runs")
+    assert torch.get_num_threads() == old  # the process's count is restored
+    env = json.loads((result.path / "settings.json").read_text())["environment"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+    assert {"pqprune", "python", "platform", "device"} <= set(env)
+    with Store(tmp_path / "db.sqlite") as s:
+        assert s.get_run(one.run_id())["settings"]["environment"] == env
+    # Reused with another thread count: the record stays that of the computation.
+    again = run_experiment(TINY.replace(rounds=0, threads=2), tmp_path / "db.sqlite", tmp_path / "runs")
+    assert again.reused and json.loads((again.path / "settings.json").read_text())["environment"] == env
+    with pytest.raises(SettingsError, match="threads"):
+        TINY.replace(threads=-1).validate()

@@ -86,3 +86,76 @@ def test_masks_and_exports_name_the_file_when_refused(tmp_path: Path) -> None:
     assert torch.equal(load_sparse(out)["fc.weight"], torch.where(W["fc.weight"] > 2, W["fc.weight"], 0.0))
     with pytest.raises(FileFormatError, match=r"not a pqprune sparse export \(format='pqprune.masks'"):
         load_sparse(tmp_path / "m.safetensors")
+
+
+def test_pruner_state_carries_its_format_and_one_of_0_1_still_loads() -> None:
+    from torch import nn
+
+    from pqprune import Pruner
+    from pqprune.prune.pruner import STATE_FORMAT
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    pruner = Pruner(model, "lt", scope="layer")
+    pruner.step()
+    state = pruner.state_dict()
+    assert (state["format"], state["format_version"]) == (STATE_FORMAT, 1)
+
+    old = {k: v for k, v in state.items() if k not in ("format", "format_version")} | {"version": 1}  # 0.1.0
+    fresh = Pruner(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), "lt", scope="layer")
+    fresh.load_state_dict(old)
+    assert fresh.round == 1 and all(torch.equal(fresh.masks[n], pruner.masks[n]) for n in pruner.masks)
+
+    with pytest.raises(FileFormatError, match=r"^pruner state: Pruner state format version 2 is newer .* \(1\)"):
+        fresh.load_state_dict({**state, "format_version": 2})
+    with pytest.raises(FileFormatError, match=r"not a pqprune Pruner state \(format='pqprune.masks'"):
+        fresh.load_state_dict({**state, "format": MASK_FORMAT})
+
+
+def test_resuming_a_run_refuses_a_settings_file_of_a_newer_version(tmp_path: Path) -> None:
+    from pqprune.experiment.runner import _resume_point
+    from pqprune.experiment.settings import RunSettings
+
+    res = RunSettings(rounds=2)
+    rd = RunDir(tmp_path, res.run_id())
+    rd.path.mkdir(parents=True)
+    save_json({"format": CHECKPOINT_FORMAT, "format_version": 1, "round": 0}, rd.json(0))
+    rd.save_settings({"run_id": rd.run_id, "run_hash": "abc", "settings": {}})
+    assert _resume_point(rd, res, "abc") is None  # round 0 has no tensors: start afresh
+    with pytest.raises(FileFormatError, match=r"holds run abc, not def"):
+        _resume_point(rd, res, "def")
+    save_json({"format": RUN_FORMAT, "format_version": 5, "run_hash": "abc"}, rd.path / "settings.json")
+    with pytest.raises(FileFormatError, match=r"settings.json: run settings file format version 5 is newer"):
+        _resume_point(rd, res, "abc")
+
+
+def test_theory_studies_write_their_format(tmp_path: Path) -> None:
+    from pqprune.theory.mc_study import GRID_FORMAT, save_grid
+    from pqprune.theory.teacher_study import TEACHER_FORMAT, TeacherStudy, save_teacher
+
+    save_grid([], tmp_path / "mc.json")
+    save_teacher([TeacherStudy(points=[], settings={"width": 3}, seconds=float("nan"))], tmp_path / "t.json")
+    assert json.loads((tmp_path / "mc.json").read_text()) == {"cells": [], "format": GRID_FORMAT, "format_version": 1}
+    teacher = json.loads((tmp_path / "t.json").read_text())
+    assert (teacher["format"], teacher["studies"]) == (
+        TEACHER_FORMAT,
+        [{"settings": {"width": 3}, "seconds": None, "points": []}],
+    )
+
+
+def test_a_run_folders_masks_are_checked_against_its_weights(tmp_path: Path) -> None:
+    from pqprune.experiment.rundir import _write_round_json, _write_round_tensors
+
+    rd = _rundir(tmp_path)
+    good = {"fc.weight": W["fc.weight"] > 2}
+    skeleton = _write_round_tensors(rd, 1, W, {"masks": good})
+    _write_round_json(rd, 1, {"round": 1, "pruner": skeleton}, keep="all")
+    t, state, masks = rd.last_checkpoint()
+    assert (
+        t == 1
+        and torch.equal(state["fc.weight"], W["fc.weight"])
+        and torch.equal(masks["fc.weight"], good["fc.weight"])
+    )
+    _write_round_tensors(rd, 1, W, {"masks": {"fc.weight": torch.ones(3, 2, dtype=torch.bool)}})
+    with pytest.raises(FileFormatError, match=r"round_001.safetensors: mask for 'fc.weight' has shape \(3, 2\)"):
+        rd.last_checkpoint()

@@ -325,3 +325,15 @@ def test_matched_runs_group_by_the_method_of_their_reference(tmp_path: Path) -> 
     assert sorted(by_label) == ["LT", "RandomMatched"]
     assert sorted(by_label["RandomMatched"].seeds) == [0, 1]
     assert by_label["RandomMatched"].settings["reference"] == "LT"
+
+
+def test_examples_behind_accuracies_recovers_the_evaluation_set_size() -> None:
+    import numpy as np
+
+    from pqprune.report.summary import examples_behind
+
+    counts = np.array([[421, 423, 418, 400], [425, 419, 417, 399]])
+    assert examples_behind(counts / 450) == 450
+    assert examples_behind(np.array([0.5, 0.25, 0.75, np.nan])) == 4  # all counts share a factor: a divisor
+    assert examples_behind(np.array([0.9, 0.9, np.nan])) is None  # too little to go by
+    assert examples_behind(np.array([1 / 3, 1 / 7, 1 / 11]), largest=50) is None  # 231 is past the limit

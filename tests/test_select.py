@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pqprune.measure.weights import as_rows
-from pqprune.prune.select import LazyScores, magnitude_scores, select_prune, smallest_global, smallest_in_rows
+from pqprune.prune import select
+from pqprune.prune.select import LazyScores, magnitude_scores, select_prune, smallest_in_rows
+
+
+def smallest_global(scores, k, alive=None):
+    return select_prune(scores, {"global": k}, "global", alive)
 
 
 def _reference(scores: list[torch.Tensor], alive: list[torch.Tensor], c: int) -> list[torch.Tensor]:
@@ -116,7 +121,7 @@ def test_lazy_scores_not_stored():
     w = {"a": torch.randn(10, 10)}
     lazy = LazyScores(w, lambda n, t: (calls.append(n), t.abs())[1])
     select_prune(lazy, {"global": 30}, "global")
-    assert calls == ["a", "a"]  # partition pass + compare pass, nothing cached
+    assert calls == ["a", "a", "a"]  # two radix passes + the mask pass, nothing cached
 
 
 @pytest.mark.slow
@@ -130,3 +135,83 @@ def test_global_above_quantile_limit():
     assert sum(int(m.sum()) for m in got.values()) == k
     thr = max(float(w[n_][got[n_]].abs().max()) for n_ in w)
     assert all(float(w[n_][~got[n_]].abs().min()) >= thr for n_ in w)
+
+
+# ------------------------------------------------------------------------------------------ global radix selection
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 3.4e38, -3.4e38, float("inf"), float("-inf"), 0.5, 2.0]
+
+
+@st.composite
+def _wide_case(draw):
+    """Scores of any sign and scale, float32 or float64, many ties, chunks a few entries long."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    n_t = draw(st.integers(1, 4))
+    shapes = [(draw(st.integers(1, 5)), draw(st.integers(1, 7))) for _ in range(n_t)]
+    pool = draw(st.lists(st.one_of(st.sampled_from(_SPECIAL), st.floats(-1e6, 1e6, width=32)), min_size=1, max_size=6))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    scores = [torch.tensor(pool, dtype=dtype)[torch.randint(0, len(pool), s, generator=g)] for s in shapes]
+    alive = [torch.rand(s, generator=g) < draw(st.floats(0.2, 1.0)) for s in shapes]
+    return scores, alive, draw(st.floats(0, 1)), draw(st.integers(1, 9))
+
+
+@given(_wide_case())
+@settings(max_examples=200, deadline=None)
+def test_global_radix_equals_stable_sort_any_floats(case):
+    scores, alive, frac, chunk = case
+    n_alive = int(sum(int(a.sum()) for a in alive))
+    c = int(frac * n_alive)
+    names = [f"t{i}" for i in range(len(scores))]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(select, "_CHUNK", chunk)  # chunks end inside tensors and inside runs of ties
+        got = smallest_global(dict(zip(names, scores)), c, dict(zip(names, alive)))
+        keep = select.select_keep(dict(zip(names, scores)), {"global": c}, "global", dict(zip(names, alive)))
+    want = _reference(scores, alive, c)
+    assert sum(int(g.sum()) for g in got.values()) == c
+    for n, w, a in zip(names, want, alive):
+        assert torch.equal(got[n], w), n
+        assert torch.equal(keep[n], a & ~w), n
+
+
+def test_global_threshold_reports_value_and_ties():
+    s = torch.tensor([3.0, 1.0, 2.0, 2.0, 2.0, 5.0])
+    th = select.global_threshold(lambda: [(s, None)], 3)
+    assert (th.value, th.below, th.ties) == (2.0, 1, 2)
+    assert select.global_threshold(lambda: [(s, None)], 0).ties == 0
+    masks = list(select.global_masks(lambda: [(s, None)], 3))
+    assert masks[0].tolist() == [True, False, False, False, True, True]
+
+
+def test_global_streams_tensors_from_shards(tmp_path):
+    """The stream is called once per pass and may read each tensor afresh from a file, one at a time."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    weights = {f"l{i}.weight": torch.randn(37, 11, generator=g) for i in range(3)}
+    for i, (n, w) in enumerate(weights.items()):
+        save_file({n: w}, str(tmp_path / f"shard{i}.safetensors"))
+    passes = []
+
+    def stream():
+        passes.append(1)
+        for i, n in enumerate(weights):
+            with safe_open(str(tmp_path / f"shard{i}.safetensors"), "pt") as f:
+                yield f.get_tensor(n), None
+
+    k = 500
+    got = list(select.global_masks(stream, k, score=lambda w, out: torch.abs(w, out=out)))
+    assert len(passes) == 3
+    want = select.select_keep(magnitude_scores(weights), {"global": k}, "global")
+    assert all(torch.equal(m, want[n]) for m, n in zip(got, weights))
+    assert sum(int((~m).sum()) for m in got) == k
+
+
+def test_global_nan_scores_fail_clearly():
+    s = torch.tensor([float("nan"), 1.0, 0.5])
+    assert smallest_global({"s": s}, 2)["s"].tolist() == [False, True, True]  # a positive NaN ranks last
+    with pytest.raises(ValueError, match="NaN"):
+        smallest_global({"s": s}, 3)
+    with pytest.raises(ValueError, match="NaN"):  # a negative NaN would rank first: the count check catches it
+        smallest_global({"s": torch.tensor([1.0, 0.5]).neg().sqrt().neg()}, 1)
+    with pytest.raises(ValueError, match="one dtype"):
+        smallest_global({"a": torch.ones(3), "b": torch.ones(3, dtype=torch.float64)}, 1)

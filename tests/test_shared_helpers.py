@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+from pqprune.experiment.settings import SettingsError, parse_assignment, parse_assignments, parse_value
 from pqprune.files import finite_or_none, json_safe
 from pqprune.report.summary import min_density_within
 
@@ -50,6 +50,14 @@ def test_values_read_as_json_then_yaml_lists_else_text(text: str, value: object)
     assert parse_value(text) == value
 
 
+def test_a_list_of_assignments_reads_keys_and_values_and_the_last_one_wins() -> None:
+    got = parse_assignments(["seed=0", "method=sap", "hidden=[64, 64]", "target-density=0.1", "seed=2"], "--where")
+    assert got == {"seed": 2, "method": "sap", "hidden": [64, 64], "target_density": 0.1}
+    assert parse_assignments([], "--set") == {}
+    with pytest.raises(SettingsError, match=r"--model-option takes KEY=VALUE with KEY a name, got 'width'"):
+        parse_assignments(["depth=2", "width"], "--model-option")
+
+
 def test_min_density_within_one_point_of_dense() -> None:
     density = [1.0, 0.8, 0.64, 0.51, 0.41]
     assert min_density_within(density, [0.90, 0.91, 0.89, 0.885, 0.95]) == 0.41
@@ -76,3 +84,44 @@ def test_plotting_leaves_the_callers_backend_and_pyplot_alone(tmp_path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def _mask_entry_points() -> dict:
+    """Every place a set of masks comes in, as ``f(name → mask)`` against one 2×3 weight named ``fc.weight``."""
+    from torch import nn
+
+    from pqprune.export import apply_masks, pruned_copy
+    from pqprune.measure.weights import check_masks
+    from pqprune.prune.masks import MaskSet, to_torch_prune
+    from pqprune.prune.select import select_keep, smallest_in_rows
+    from pqprune.theory.lq_bounds import keep_largest_mask
+
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(3, 2))
+    w = model.fc.weight.detach()
+    state = {"fc.weight": w}
+    return {
+        "check_masks": lambda m: check_masks(state, m),
+        "MaskSet": lambda m: MaskSet(model).update(m, allow_regrow=True),
+        "apply_masks": lambda m: apply_masks(state, m),
+        "pruned_copy": lambda m: pruned_copy(model, m),
+        "to_torch_prune": lambda m: to_torch_prune(state, m),
+        "select_keep (global)": lambda m: select_keep(state, {"global": 0}, "global", m),
+        "smallest_in_rows": lambda m: smallest_in_rows(w, 0, m.get("fc.weight"), "fc.weight"),
+        "keep_largest_mask": lambda m: keep_largest_mask(w, torch.tensor([1, 1]), m.get("fc.weight")),
+    }
+
+
+@pytest.mark.parametrize("entry", list(_mask_entry_points()))
+def test_one_mask_check_behind_every_entry_point(entry: str) -> None:
+    use = _mask_entry_points()[entry]
+    use({"fc.weight": torch.tensor([[True, False, True], [True, True, False]])})  # a good mask passes
+    with pytest.raises(ValueError, match=r"mask for '(fc\.weight|w)' has shape \(3, 2\), the weight has \(2, 3\)"):
+        use({"fc.weight": torch.ones(3, 2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"mask for '(fc\.weight|w)' must be bool"):
+        use({"fc.weight": torch.full((2, 3), 0.5)})
+    if entry not in ("smallest_in_rows", "keep_largest_mask"):  # one tensor, no names
+        with pytest.raises(
+            ValueError, match=r"unknown [a-z ]+ name\(s\) \['fc9\.weight'\]; the [a-z ]+s are \['fc\.weight'"
+        ):
+            use({"fc9.weight": torch.ones(2, 3, dtype=torch.bool)})

@@ -559,3 +559,27 @@ def test_large_tensor_agrees_with_float64_reference():
 def test_top_level_exports():
     for name in ("pq_index", "pq_index_grid", "gini", "hoyer", "lq_index", "retained_bound", "sap_prune_count"):
         assert callable(getattr(pqprune, name))
+
+
+def test_gini_layers_and_global_merges_the_layer_sorts(monkeypatch):
+    from pqprune.measure import gini_index as gini_mod
+    from pqprune.measure import gini_layers_and_global
+
+    monkeypatch.setattr(gini_mod, "_CHUNK", 5)  # blocks end inside every layer
+    g = gen(21)
+    sd = {
+        "a.weight": torch.randn(7, 9, generator=g),
+        "b.weight": torch.randn(4, 3, 3, 3, generator=g).double(),  # mixed dtypes: merged in float64
+        "c.weight": torch.full((3, 3), 0.5),  # ties across layers
+        "d.weight": torch.randn(2, 11, generator=g).half(),
+    }
+    masks = {"a.weight": torch.rand(7, 9, generator=g) < 0.6, "c.weight": torch.eye(3, dtype=torch.bool)}
+    layers, total = gini_layers_and_global(sd, masks)
+    flat = []
+    for n, w in sd.items():
+        kept = w.double()[masks[n]] if n in masks else w.double().reshape(-1)
+        flat.append(kept.reshape(-1))
+        assert layers[n] == pytest.approx(ref_gini(kept.numpy()), abs=1e-12), n
+    assert total == pytest.approx(ref_gini(torch.cat(flat).numpy()), abs=1e-12)
+    assert layers == gini(sd, "layer", masks)
+    assert total == gini(sd, "global", masks)

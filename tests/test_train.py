@@ -178,3 +178,40 @@ def test_config_and_device_errors() -> None:
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_masked_gradients_keep_pruned_weights_zero_without_rezeroing(digits) -> None:
+    """The loop masks gradients and does not re-zero after each step: with the paper's SGD (Nesterov momentum,
+    weight decay, clipping) that gives bit for bit the weights of re-zeroing after every step."""
+    from pqprune import LotteryTicket, Pruner
+
+    states = []
+    for rezero in (True, False):
+        model = build_model("mlp", digits.input_shape, digits.num_classes, seed=0)
+        pruner = Pruner(model, LotteryTicket(0.5), scope="layer")
+        pruner.step()
+        pruner.rewind()
+        after = pruner.enforce if rezero else None
+        train_epochs(model, digits.train, 2, seed=3, before_step=pruner.maskset.mask_grads, after_step=after)
+        for n, p in pruner.maskset.params().items():
+            assert bool((p.detach()[~pruner.masks[n]] == 0).all()), n
+        states.append(_state(model))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_choose_threads_by_work_per_batch() -> None:
+    from pqprune.experiment.train import SMALL_WORK, choose_threads, multiply_adds
+
+    x = torch.randn(4, 1, 8, 8)
+    conv = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.Flatten(), nn.Linear(6 * 64, 10))
+    assert multiply_adds(conv, x[:1]) == 64 * 6 * 9 + 10 * 384  # 3×3 kernels over 64 positions, then the head
+    assert multiply_adds(conv, x) == 4 * multiply_adds(conv, x[:1])
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert choose_threads(0, conv, x, batch_size=250) == 1  # 1.6e6 multiply-adds a batch: small
+        assert choose_threads(0, conv, x, batch_size=SMALL_WORK) == 2  # large: the process's own count
+        assert choose_threads(3, conv, x, batch_size=250) == 3  # asked for
+        assert torch.get_num_threads() == 2  # choosing changes nothing
+    finally:
+        torch.set_num_threads(old)

@@ -143,7 +143,7 @@ def check_format(
 
     ``what`` names the kind of file in errors ("mask file", "round checkpoint", …). Files written by pqprune 0.1.0
     carry no version, some no format either: ``unversioned`` is the version such a file is read as (None: the
-    version is required). Round JSON documents of 0.1.0 kept their version under ``"version"``.
+    version is required). Round JSON documents and pruner states of 0.1.0 kept their version under ``"version"``.
 
     Raises:
         FileFormatError: naming ``path``: another format, an unreadable version, or one newer than this reads.

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from pqprune.checkpoint.sources import Source, memory_source
 from pqprune.export.metrics import MetricsTally, model_metrics
 from pqprune.files import FileFormatError, finite_or_none
+from pqprune.measure.gini_index import gini
 from pqprune.measure.histogram import HALF_DTYPES, Histogram, half_histogram, half_keys, key_histogram
-from pqprune.measure.indices import check_pq, gini, pq_from_sums, sap_prune_count
+from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import power_sums_of
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
 from pqprune.prune.select import magnitude_scores, select_prune

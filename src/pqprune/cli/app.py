@@ -50,16 +50,12 @@ def main() -> None:
 
 def _parse_kv(items: list[str] | None, what: str) -> dict:
     """``KEY=VALUE`` pairs of option ``what`` (numbers, booleans, lists like [64,64]); a bad one fails (exit 2)."""
-    from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+    from pqprune.experiment.settings import SettingsError, parse_assignments
 
-    out = {}
-    for item in items or []:
-        try:
-            key, value = parse_assignment(item, what)
-        except SettingsError as err:
-            fail(str(err))
-        out[key] = parse_value(value)
-    return out
+    try:
+        return parse_assignments(items or [], what)
+    except SettingsError as err:
+        fail(str(err))
 
 
 _INPUT_ERRORS: tuple = ()

@@ -18,7 +18,6 @@ from pqprune.cli.sources import (
     selected_names,
 )
 from pqprune.cli.tables import _g, _print_rows
-from pqprune.files import save_json_document
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
 from pqprune.theory.moments import magnitude_moment_normal, magnitude_moment_uniform, magnitude_threshold, random_moment
@@ -213,7 +212,7 @@ def theory_mc_command(
     import torch
 
     from pqprune.store.database import StoreError
-    from pqprune.theory.mc_study import monte_carlo_grid, plot_grid
+    from pqprune.theory.mc_study import monte_carlo_grid, plot_grid, save_grid
 
     grid = dict(
         archs=_csv_values("--arch", arch, str),
@@ -252,7 +251,7 @@ def theory_mc_command(
         fail(str(err))
     folder = Path(out)
     figure = plot_grid(cells, folder / "theory_mc.png")
-    save_json_document({"cells": [c.as_dict() for c in cells]}, folder / "theory_mc.json", "pqprune.theory_mc", 1)
+    save_grid(cells, folder / "theory_mc.json")
     if as_json:
         typer.echo(json.dumps([c.as_dict() for c in cells], indent=2, default=float))
         return
@@ -335,7 +334,7 @@ def theory_teacher_command(
 
     import torch
 
-    from pqprune.theory.teacher_study import plot_teacher, teacher_studies
+    from pqprune.theory.teacher_study import plot_teacher, save_teacher, teacher_studies
 
     hidden_sizes = [h for h in _csv_values("--hidden", hidden, int) if h != 0] if hidden.strip() else []
     if threads < 1:
@@ -362,10 +361,8 @@ def theory_teacher_command(
         fail(str(err))
     folder = Path(out)
     figure = plot_teacher(studies, folder / "theory_teacher.png")
-    payload = [
-        {"settings": s.settings, "seconds": s.seconds, "points": [p.as_dict() for p in s.points]} for s in studies
-    ]
-    save_json_document({"studies": payload}, folder / "theory_teacher.json", "pqprune.theory_teacher", 1)
+    payload = [s.as_dict() for s in studies]
+    save_teacher(studies, folder / "theory_teacher.json")
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
         return

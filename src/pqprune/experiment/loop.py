@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from pqprune.experiment.prepare import Prepared
 from pqprune.experiment.rundir import RunDir, _load_pruner_state, _write_round_json, _write_round_tensors
 from pqprune.experiment.settings import build_method
 from pqprune.experiment.train import Metrics, evaluate, train_epochs
-from pqprune.measure.indices import gini, pq_from_sums, pq_index
+from pqprune.measure.gini_index import gini_layers_and_global
+from pqprune.measure.indices import pq_from_sums, pq_index
 from pqprune.measure.sums import map_units, power_sums, reduce_scope
 from pqprune.measure.weights import GLOBAL
 from pqprune.prune.methods.base import UnitRecord
@@ -79,12 +80,12 @@ def _measure(
         return {n: float(v[0]) for n, v in values.items()}
 
     layer_pqi = pqi("layer")
-    layer_gini = cast(dict[str, float], gini(model, "layer", masks))
+    layer_gini, global_gini = gini_layers_and_global(model, masks)
     layers = {
         n: {"pqi": layer_pqi[n], "gini": layer_gini[n], "density": density[n].density, "kept": density[n].kept}
         for n in layer_pqi
     }
-    return {"pqi": pqi("global")[GLOBAL], "gini": gini(model, "global", masks), "layers": layers}
+    return {"pqi": pqi("global")[GLOBAL], "gini": global_gini, "layers": layers}
 
 
 def _unit_dict(r: UnitRecord) -> dict[str, Any]:
@@ -175,7 +176,10 @@ class _Loop:
                 if info.step + 1 == rewind_step:
                     pruner.save_rewind_point()
 
-        # Gradients are masked before clipping (so the norm is that of the survivors), weights after the step.
+        # Gradients are masked before clipping, so the norm is that of the survivors. Nothing is re-zeroed after
+        # the step: the rewound pruned weights are 0 and train_epochs' SGD is element-wise, so a weight whose
+        # gradient, value and momentum are 0 stays exactly 0 (weight decay and momentum add only zeros; tested
+        # bit for bit against re-zeroing after every step) — a pass over the weights saved every step.
         train_epochs(
             model,
             data.train,
@@ -183,7 +187,6 @@ class _Loop:
             self.prep.train_config,
             seed=seed,
             before_step=pruner.maskset.mask_grads,
-            after_step=pruner.enforce,
             on_epoch=on_epoch,
             on_step=on_step,
             distributed=self.dist,

@@ -24,6 +24,7 @@ from pqprune.files import (
     save_json_document,
     save_tensors,
 )
+from pqprune.measure.weights import match_masks
 
 CHECKPOINT_FORMAT = "pqprune.round"  # a round's JSON and its tensors
 CHECKPOINT_VERSION = 1
@@ -155,7 +156,18 @@ class RunDir:
             masks = {name: tensors[leaf["__tensor__"]] for name, leaf in skeleton.items()}
         except (KeyError, TypeError) as err:
             raise FileFormatError(f"{self.tensors(t)}: masks named in {self.json(t)} are missing ({err})") from err
-        return t, state, masks
+        try:
+            return t, state, match_masks(state, masks, str(self.tensors(t)), what="model weight")
+        except ValueError as err:
+            raise FileFormatError(str(err)) from err
+
+    def settings_document(self) -> dict[str, Any]:
+        """The whole ``settings.json`` (run id, run hash, settings), format-checked.
+
+        Raises:
+            FileFormatError: it is missing, unreadable, of another format or of a newer version.
+        """
+        return read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
 
     def settings(self) -> dict[str, Any] | None:
         """The run's settings as saved in ``settings.json``; None when it is missing or unreadable.
@@ -164,8 +176,7 @@ class RunDir:
             FileFormatError: the file is of a newer format version than this pqprune reads.
         """
         try:
-            doc = read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
-            return doc["settings"]
+            return self.settings_document()["settings"]
         except FileFormatError as err:
             if "newer than this pqprune reads" in str(err):
                 raise

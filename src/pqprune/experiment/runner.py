@@ -10,23 +10,25 @@ rank 0 writes files and the database. The number of processes is not part of the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from pqprune.experiment import distributed
 from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
 from pqprune.experiment.method_context import run_method
 from pqprune.experiment.prepare import Prepared, prepare
-from pqprune.experiment.rundir import RunDir
+from pqprune.experiment.rundir import RUN_FORMAT, RUN_VERSION, RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
-from pqprune.experiment.train import resolve_device
-from pqprune.files import FileFormatError
+from pqprune.experiment.train import choose_threads, resolve_device
+from pqprune.files import FileFormatError, read_json_document
 from pqprune.store.database import DEFAULT_DB, Store
 
 
@@ -68,9 +70,10 @@ def run_experiment(
         res = prep.settings
         run_id, run_hash = res.run_id(), res.run_hash()
         rd = RunDir(Path(runs_dir), run_id)
-        if not ctx.is_main:
-            return _run_follower(prep, rd, ctx)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_threads(prep))
+            if not ctx.is_main:
+                return _run_follower(prep, rd, ctx)
             try:
                 _check_runs_dir(Path(runs_dir))
                 store = stack.enter_context(_open_store(db))
@@ -82,6 +85,34 @@ def run_experiment(
                 raise
             distributed.announce_start(ctx, {"last_done": last_done, "load_initial": load_initial})
             return _run_locked(prep, rd, store, run_hash, progress, last_done, load_initial, ctx)
+
+
+@contextlib.contextmanager
+def _threads(prep: Prepared) -> Iterator[int]:
+    """Run with the settings' CPU thread count (:func:`choose_threads`), restoring the process's afterwards."""
+    before = torch.get_num_threads()
+    n = choose_threads(prep.settings.threads, prep.model, prep.data.train.x, prep.train_config.batch_size)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a run computed: CPU threads, device and library versions (its numbers can differ with any of them in
+    the last bits; none is part of the run's identity)."""
+    from pqprune import __version__
+
+    return {
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "pqprune": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 @contextlib.contextmanager
@@ -109,9 +140,9 @@ def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
     done = rd.finished_rounds()
     if done:
         try:
-            saved = json.loads((rd.path / "settings.json").read_text())
-        except (OSError, ValueError) as err:
-            raise FileFormatError(f"{rd.path}: has round checkpoints but no readable settings.json ({err})") from err
+            saved = rd.settings_document()
+        except FileFormatError as err:
+            raise FileFormatError(f"{rd.path}: has round checkpoints but no usable settings.json ({err})") from err
         if saved.get("run_hash") != run_hash:
             raise FileFormatError(f"{rd.path}: holds run {saved.get('run_hash')}, not {run_hash}; move the folder away")
     last_done = max((t for t in done if t <= res.rounds), default=None)
@@ -147,12 +178,15 @@ def _run_locked(
         "identity": res.identity(),
         "settings": res.to_dict(),
     }
-    # What the database's settings JSON holds: the settings, the sizes of the data splits (the binomial noise of an
-    # accuracy depends on them, docs/math.md §9) and, for distributed runs only, how they were launched.
+    # What the database's settings JSON holds: the settings, where they were computed, the sizes of the data splits
+    # (the binomial noise of an accuracy depends on them, docs/math.md §9) and (distributed runs only) how they were
+    # launched. A finished run that is reused keeps the environment it was computed in.
+    env = _saved_environment(rd) if last_done == res.rounds else None
+    settings_doc["environment"] = env or environment(prep.device)
     examples = {"train": len(prep.data.train), "val": len(prep.data.val), "test": len(prep.data.test)}
-    db_settings = {**res.to_dict(), "examples": examples}
+    db_settings = {**res.to_dict(), "environment": settings_doc["environment"], "examples": examples}
     if ctx.active:
-        db_settings["launch"] = settings_doc["launch"] = ctx.describe()
+        settings_doc["launch"] = db_settings["launch"] = ctx.describe()
 
     if last_done == res.rounds:  # finished: reuse
         run = store.get_run(rd.run_id)
@@ -237,6 +271,17 @@ def _run_locked(
         seconds=run["seconds"] if run else seconds,
         settings=res.to_dict(),
     )
+
+
+def _saved_environment(rd: RunDir) -> dict[str, Any] | None:
+    """The environment a run's folder records (None if it records none: runs of pqprune 0.2 and earlier)."""
+    try:
+        env = read_json_document(rd.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1).get(
+            "environment"
+        )
+    except FileFormatError:
+        return None
+    return env if isinstance(env, dict) else None
 
 
 def _run_follower(prep: Prepared, rd: RunDir, ctx: distributed.Context) -> RunResult:

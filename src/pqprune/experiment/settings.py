@@ -26,7 +26,7 @@ from pqprune.prune.methods.registry import available, lookup, option_names, shar
 SELECT_ON = ("val", "test")
 KEEP = ("last", "all")
 # Settings that say where or how to compute, not what: they do not change a run's identity.
-NOT_IDENTITY = frozenset({"device", "data_root", "download", "keep_checkpoints"})
+NOT_IDENTITY = frozenset({"device", "threads", "data_root", "download", "keep_checkpoints"})
 
 
 class SettingsError(ValueError):
@@ -43,6 +43,16 @@ def parse_assignment(item: str, what: str) -> tuple[str, str]:
     if not sep or not key.isidentifier():
         raise SettingsError(f"{what} takes KEY=VALUE with KEY a name, got {item!r}")
     return key, value.strip()
+
+
+def parse_assignments(items: Iterable[str], what: str) -> dict[str, Any]:
+    """``["seed=0", "method=sap"]`` → ``{"seed": 0, "method": "sap"}``: each item read by :func:`parse_assignment`,
+    each value by :func:`parse_value`; a later item overrides an earlier one with the same key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_assignment(item, what)
+        out[key] = parse_value(value)
+    return out
 
 
 def parse_value(text: str) -> Any:
@@ -93,6 +103,7 @@ class RunSettings:
     data_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     device: str = "auto"
+    threads: int = 0
     data_root: str = ""
     download: bool = False
     keep_checkpoints: str = "last"
@@ -236,6 +247,7 @@ class RunSettings:
             (0 <= res.val_fraction < 1, f"val_fraction must be in [0, 1), got {res.val_fraction}"),
             (not (res.select_on == "val" and res.val_fraction == 0), "select_on val needs val_fraction > 0"),
             (res.clip_norm >= 0, f"clip_norm must be >= 0 (0 = no clipping), got {res.clip_norm}"),
+            (res.threads >= 0, f"threads must be >= 0 (0 = chosen by model size), got {res.threads}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -288,6 +300,8 @@ HELP: dict[str, str] = {
     "data_options": "Extra options of the data set (a mapping; e.g. teacher's n_train).",
     "model_options": "Extra options of the model (a mapping; e.g. mlp's hidden).",
     "device": "auto (cuda if present), cpu or cuda[:N]; not part of the run's identity.",
+    "threads": "CPU threads for training and measuring: 0 = by model size (one for small models, else the "
+    "process's default); not part of the run's identity (results may differ in the last bits between thread counts).",
     "data_root": "Folder of torchvision-format data sets (default $PQPRUNE_DATA_ROOT or ./data).",
     "download": "Download a missing torchvision data set (needs a network).",
     "keep_checkpoints": "last: keep only the last round's tensors (every round's JSON stays); all: keep every round's.",

@@ -237,6 +237,47 @@ class _Score:
         return Metrics(self.loss / self.n, 1.0 - self.sse / sst if sst > 0 else float("nan"))
 
 
+# --------------------------------------------------------------------------------------------- threads
+# Multiply-adds per training batch below which one CPU thread trains fastest: below it a step's ops are so short
+# that handing them to more threads costs more than it gives (the MLP of the paper at batch 250 does 3.4e7).
+SMALL_WORK = 1 << 24
+
+
+def multiply_adds(model: nn.Module, x: Tensor) -> int:
+    """Multiply-adds of the linear and convolution layers in one forward pass of the batch ``x`` (no gradients)."""
+    total = 0
+
+    def count(module: nn.Module, _inputs: Any, out: Tensor) -> None:
+        nonlocal total
+        w = module.weight
+        assert isinstance(w, Tensor)
+        # A linear output entry sums in_features products; a convolution's, in_channels/groups × kernel ones.
+        total += out.numel() * (w.shape[1] if isinstance(module, nn.Linear) else w[0].numel())
+
+    handles = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    ]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(x)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def choose_threads(requested: int, model: nn.Module, example: Tensor, batch_size: int) -> int:
+    """CPU threads for a run: ``requested`` if > 0, else one for models whose training batch needs fewer than
+    :data:`SMALL_WORK` multiply-adds, else the process's current number (never more: a sweep worker keeps one)."""
+    if requested > 0:
+        return requested
+    work = multiply_adds(model, example[:1]) * batch_size
+    return 1 if work < SMALL_WORK else torch.get_num_threads()
+
+
 # --------------------------------------------------------------------------------------------- evaluate
 @torch.no_grad()
 def evaluate(

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.export.shrink import _WEIGHTED
-from pqprune.export.sparse import MaskLike, _check_masks, _mask_dict, choose_encoding, encoding_sizes
+from pqprune.export.sparse import MaskLike, _mask_dict, choose_encoding, encoding_sizes
 from pqprune.measure.weights import is_prunable_entry
 
 # Buffers of normalisation layers are not parameters: they are left out of the parameter count of a state dict.
@@ -144,7 +144,6 @@ def model_metrics(
     FLOPs need ``input_shape`` (without the batch axis) and a model; for a bare state dict they are given only
     when all prunable weights are 2-D (a Linear chain, each layer applied once per example), else None.
     """
-    mk = _mask_dict(masks)
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
         param_names = {n for n, _ in model.named_parameters()}
@@ -153,7 +152,7 @@ def model_metrics(
         model = None
         state = {k: v.detach().cpu() for k, v in model_or_state_dict.items()}
         param_names = {n for n in state if not _is_buffer_name(n)}
-    _check_masks(state, mk)
+    mk = _mask_dict(masks, state)
     tally = MetricsTally()
     for name, t in state.items():
         tally.add(name, t, mk.get(name), parameter=name in param_names)

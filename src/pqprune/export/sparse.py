@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
-from pqprune.measure.weights import as_rows, check_mask
+from pqprune.measure.weights import as_rows, check_mask, match_masks
 
 SPARSE_FORMAT = "pqprune.sparse"
 SPARSE_FORMAT_VERSION = 1
@@ -31,26 +31,25 @@ _SEP = "::"
 MaskLike = Mapping[str, Tensor] | Any | None  # a mapping name → bool mask, a MaskSet, or None
 
 
-def _mask_dict(masks: MaskLike) -> dict[str, Tensor]:
-    """Name → bool mask on the CPU from a mapping or a :class:`~pqprune.prune.masks.MaskSet` (``None``: no masks)."""
+def _mask_dict(
+    masks: MaskLike, targets: Mapping[str, Any] | None = None, what: str = "state dict entry"
+) -> dict[str, Tensor]:
+    """Name → bool mask on the CPU from a mapping or a :class:`~pqprune.prune.masks.MaskSet` (``None``: no masks),
+    checked against ``targets`` (name → tensor) when given (:func:`~pqprune.measure.weights.match_masks`)."""
     if masks is None:
         return {}
     if hasattr(masks, "masks") and not isinstance(masks, Mapping):  # a MaskSet
         masks = masks.masks
-    return {name: check_mask(name, m).detach().to("cpu") for name, m in masks.items()}
-
-
-def _check_masks(state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
-    for name, m in masks.items():
-        if name not in state:
-            raise ValueError(f"mask for {name!r} names no tensor of the state dict")
-        check_mask(name, m, state[name].shape)
+    if targets is None:
+        checked = {name: check_mask(name, m) for name, m in masks.items()}
+    else:
+        checked = match_masks(targets, masks, what=what)
+    return {name: m.detach().to("cpu") for name, m in checked.items()}
 
 
 def apply_masks(state: Mapping[str, Tensor], masks: MaskLike) -> dict[str, Tensor]:
     """The pruned state dict: a CPU copy of ``state`` with masked-out entries set to 0."""
-    mk = _mask_dict(masks)
-    _check_masks(state, mk)
+    mk = _mask_dict(masks, state)
     out = {}
     for name, t in state.items():
         t = t.detach().to("cpu")
@@ -63,18 +62,11 @@ def pruned_copy(model: nn.Module, masks: MaskLike) -> nn.Module:
 
     Masks naming parameters the model does not have, or of the wrong shape, raise ``ValueError``.
     """
-    mk = _mask_dict(masks)
     work = copy.deepcopy(model).cpu()
     params = dict(work.named_parameters())
-    unknown = sorted(set(mk) - set(params))
-    if unknown:
-        raise ValueError(f"masks name parameters the model does not have: {unknown}")
+    mk = _mask_dict(masks, params, "parameter")
     with torch.no_grad():
         for name, m in mk.items():
-            if m.shape != params[name].shape:
-                raise ValueError(
-                    f"mask for {name!r} has shape {tuple(m.shape)}, the parameter has {tuple(params[name].shape)}"
-                )
             params[name].masked_fill_(~m, 0)
     return work
 
@@ -163,8 +155,7 @@ def save_sparse(state: Mapping[str, Tensor], masks: MaskLike, path: str | os.Pat
     BatchNorm buffers) are stored as they are. The metadata holds the format name and version and, per tensor in
     state-dict order, its encoding, shape and dtype. Raises ``ValueError`` if the masks prune nothing.
     """
-    mk = _mask_dict(masks)
-    _check_masks(state, mk)
+    mk = _mask_dict(masks, state)
     check_pruned(mk)
     tensors: dict[str, Tensor] = {}
     entries: list[list[Any]] = []

@@ -4,10 +4,10 @@ Pure tensor maths over the surviving weights (docs/math.md §1–§5); nothing h
 training or data.
 """
 
+from pqprune.measure.gini_index import gini, gini_layers_and_global
 from pqprune.measure.indices import (
     check_lq,
     check_pq,
-    gini,
     hoyer,
     lq_index,
     pq_index,
@@ -23,6 +23,7 @@ from pqprune.measure.weights import (
     as_rows,
     check_masks,
     check_scope,
+    match_masks,
     named_weights,
     prunable_weights,
 )
@@ -39,8 +40,10 @@ __all__ = [
     "check_pq",
     "check_scope",
     "gini",
+    "gini_layers_and_global",
     "hoyer",
     "lq_index",
+    "match_masks",
     "named_weights",
     "power_sums",
     "power_sums_of",

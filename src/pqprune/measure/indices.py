@@ -1,4 +1,5 @@
-"""Sparsity measures of weights: PQ Index, Gini, Hoyer, the l_q soft-sparsity index and SAP's arithmetic.
+"""Sparsity measures of weights from power sums: PQ Index, Hoyer, the l_q soft-sparsity index, and SAP's arithmetic
+(the Gini index, which needs sorted weights, is in :mod:`pqprune.measure.gini`).
 
 Pure tensor maths; nothing here knows of training, data or pruning policies. Formulas: docs/math.md §2–§5.
 """
@@ -9,12 +10,11 @@ import math
 from collections.abc import Sequence
 from typing import overload
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from pqprune.measure.sums import _CHUNK, UnitStats, power_sums, reduce_scope
-from pqprune.measure.weights import Masks, Result, Scope, WeightSource, as_rows, check_masks, check_scope, named_weights
+from pqprune.measure.sums import UnitStats, power_sums, reduce_scope
+from pqprune.measure.weights import Masks, Result, Scope, WeightSource, check_scope
 
 
 # --------------------------------------------------------------------------------------------- parameters
@@ -137,80 +137,6 @@ def lq_index(obj: WeightSource, q: float, scope: Scope = "global", masks: Masks 
     units = reduce_scope(power_sums(obj, (q, 1.0), masks), scope)
     u = units.joined
     return _shape(units, lq_from_sums(u.count, u.sums[q], u.sums[1.0], q), scope)
-
-
-def _sorted_rows(a: Tensor) -> Tensor:
-    """Ascending sort along the last dimension, values only (numpy's SIMD sort on CPU: no index tensor)."""
-    if a.device.type == "cpu":
-        return torch.from_numpy(np.sort(a.numpy(), axis=-1))
-    return torch.sort(a, dim=-1).values
-
-
-def _gini_rows(mags: Tensor, count: Tensor) -> Tensor:
-    """Gini index per row of ``mags`` [rows, L] (magnitudes, pruned entries set to 0), ``count`` survivors per row.
-
-    ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ x_(i))`` over the N survivors sorted ascending [Hurley & Rickard 2009].
-    Pruned zeros sort first, so the survivors hold ranks ``L−N+1 … L``; zero survivors add nothing wherever
-    they sit. Sums are accumulated in float64, a block of columns at a time. NaN for degenerate rows.
-    """
-    x = _sorted_rows(mags)
-    n_rows, length = x.shape
-    count = count.to(torch.float64)
-    offset = (length - count).unsqueeze(1)  # rank i = column + 1 − offset
-    weighted = torch.zeros(n_rows, dtype=torch.float64, device=x.device)
-    total = torch.zeros(n_rows, dtype=torch.float64, device=x.device)
-    step = max(1, _CHUNK // max(n_rows, 1))
-    for c0 in range(0, length, step):
-        xs = x[:, c0 : c0 + step].to(torch.float64)
-        rank = torch.arange(c0 + 1, c0 + 1 + xs.shape[1], dtype=torch.float64, device=x.device) - offset
-        weighted += (xs * (2.0 * rank - count.unsqueeze(1) - 1.0)).sum(dim=1)
-        total += xs.sum(dim=1)
-    out = weighted / (count * total)
-    return torch.where((count <= 0) | (total <= 0), torch.full_like(out, math.nan), out)
-
-
-def _magnitudes(w: Tensor, m: Tensor | None, name: str) -> Tensor:
-    """``|w|`` as float32 (float64 kept) with pruned entries set to 0; NaN/Inf survivors raise, naming ``w``."""
-    a = w.abs().to(torch.float64 if w.dtype == torch.float64 else torch.float32)
-    if m is not None:
-        a = a.masked_fill(m.logical_not(), 0.0)
-    if not bool(torch.isfinite(a).all()):
-        raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
-    return a
-
-
-def gini(obj: WeightSource, scope: Scope = "global", masks: Masks | Tensor | None = None) -> Result:
-    """Gini index of the surviving magnitudes [Hurley & Rickard 2009], as in docs/math.md §3.
-
-    ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ_i x_(i))`` over the N survivors sorted ascending. A constant vector gives
-    0, a 1-sparse one ``1 − 1/N``. Needs a sort of each unit (O(n log n)), unlike the power-sum measures.
-    """
-    check_scope(scope)
-    weights = named_weights(obj)
-    matched = check_masks(weights, masks)
-    mags = {n: _magnitudes(w, matched[n], n) for n, w in weights.items()}
-    counts = {
-        n: (torch.tensor(float(w.numel())) if (m := matched[n]) is None else m.sum(dtype=torch.float64))
-        for n, w in weights.items()
-    }
-    if scope == "neuron":
-        out = {}
-        for n, a in mags.items():
-            m = matched[n]
-            rows = as_rows(a)
-            cnt = (
-                torch.full((rows.shape[0],), float(rows.shape[1]))
-                if m is None
-                else as_rows(m).sum(1, dtype=torch.float64)
-            )
-            out[n] = _gini_rows(rows, cnt).cpu()
-        return out
-    if scope == "layer":
-        return {n: float(_gini_rows(a.reshape(1, -1), counts[n].reshape(1))[0]) for n, a in mags.items()}
-    dtype = torch.float64 if any(a.dtype == torch.float64 for a in mags.values()) else torch.float32
-    allv = torch.cat([a.reshape(-1).to(dtype) for a in mags.values()])
-    total = torch.stack([c.to(torch.float64) for c in counts.values()]).sum()
-    return float(_gini_rows(allv.reshape(1, -1), total.reshape(1))[0])
 
 
 # --------------------------------------------------------------------------------------------- SAP arithmetic

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pqprune.measure import kernels as cpu_kernels
 from pqprune.measure.weights import GLOBAL, Masks, Scope, WeightSource, as_rows, check_masks, check_scope, named_weights
 
-# Elements handled at once by the one-pass kernel: a block of 256K float32 (1 MB) stays in the L2 cache across
-# the few element-wise passes made over it, and is large enough to amortise Python overhead (measured: 1M-entry
-# blocks are ~15% slower, 64K-entry blocks ~70% slower on 100M weights).
+# Elements handled at once: a block of 256K float32 (1 MB) stays in the L2 cache across the few element-wise
+# passes made over it, and is large enough to amortise Python overhead (measured: 1M-entry blocks are ~15%
+# slower, 64K-entry blocks ~70% slower on 100M weights).
 _CHUNK = 1 << 18
 
 
@@ -67,18 +66,19 @@ class UnitStats(Mapping[str, RowStats]):
 
 
 def _block_sums(a: Tensor, exps: Sequence[float], out: Mapping[float, Tensor], scratch: Tensor) -> None:
-    """Row sums of ``a**s`` into ``out[s]``, for one cache-sized block ``a`` of magnitudes.
+    """Row sums of ``a**s`` into ``out[s]``, for one cache-sized block ``a`` of magnitudes (overwritten).
 
     The block is summed in its own precision: a pairwise sum over at most ``_CHUNK`` entries, relative error
     ~1e-7. Callers accumulate block sums in float64, so the total is as good as a float64 computation whatever
-    the tensor size (a float64 reduction of a float32 block would first convert it and costs 20× more).
+    the tensor size (a float64 reduction of a float32 block would first convert it and costs 20× more). The
+    square root, the costliest power (about eight reads of the block on CPU), is taken last and in place.
     """
     logs: Tensor | None = None
-    for s in exps:
+    for s in sorted(exps, key=lambda e: e == 0.5):
         if s == 1.0:
             powered = a
         elif s == 0.5:
-            powered = torch.sqrt(a, out=scratch)
+            powered = a.sqrt_()
         elif s == 2.0:
             powered = torch.mul(a, a, out=scratch)
         else:
@@ -98,8 +98,8 @@ def _check_exponents(exponents: Iterable[float]) -> list[float]:
     return exps
 
 
-def _torch_row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], name: str) -> RowStats:
-    """The PyTorch path of :func:`power_sums_of` for one matrix (any dtype, device and exponents)."""
+def _row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], name: str) -> RowStats:
+    """:func:`power_sums_of` for one matrix (any dtype, device and exponents)."""
     n_rows, n_cols = rows.shape
     compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
     if mrows is None:
@@ -139,38 +139,23 @@ def _torch_row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[flo
 
 def power_sums_of(
     weights: Mapping[str, Tensor], exponents: Iterable[float], masks: Mapping[str, Tensor | None] | None = None
-) -> Mapping[str, RowStats]:
+) -> dict[str, RowStats]:
     """Per-row ``Σ|w_i|^s`` over survivors of every tensor in ``weights`` (name → tensor, taken as given), in one
     read of the weights.
 
     Each tensor is read in cache-sized blocks; a block's powers are taken and summed in the weight's precision
     (float32 at least; float16/bfloat16 are widened) and block sums are accumulated in float64, so a 100M-entry
     tensor agrees with a float64 computation to ~1e-7 relative error (a float32 norm over the whole tensor is
-    off by tens of percent: docs/math.md §2). Contiguous float32 CPU tensors, with exponents among 0.5, 1
-    and 2, go through the fused kernel of :mod:`pqprune.measure.kernels` when there are at least
-    ``cpu_kernels.MIN_NUMEL`` such entries: same numerics, one pass, all tensors in one parallel call. Raises
-    ``ValueError`` naming the tensor if a surviving entry is NaN or infinite.
+    off by tens of percent: docs/math.md §2). Raises ``ValueError`` naming the tensor if a surviving entry
+    is NaN or infinite.
     """
     exps = _check_exponents(exponents)
     masks = masks or {}
-    rows = {n: (as_rows(w), None if (m := masks.get(n)) is None else as_rows(m)) for n, w in weights.items()}
-    fusable = [n for n, (r, m) in rows.items() if cpu_kernels.usable(r, m, exps)]
-    if sum(rows[n][0].numel() for n in fusable) < cpu_kernels.MIN_NUMEL:
-        fusable = []
-    out: dict[str, RowStats] = {}
-    if fusable:
-        fused = cpu_kernels.fused_row_sums([rows[n] for n in fusable])
-        units = UnitStats(fusable, fused.rows, RowStats(fused.count, {s: fused.sums[s] for s in exps}))
-        if len(fusable) == len(rows) and all(fused.finite):
-            return units  # the common case: no per-tensor split, formulas run on the concatenation
-        for n, finite in zip(fusable, fused.finite):
-            if finite:
-                out[n] = units[n]
-            elif rows[n][1] is None:
-                raise ValueError(f"tensor {n!r} has NaN or infinite surviving entries")
-            # else a NaN/Inf may sit in a pruned entry, which the fused kernel cannot tell from a survivor; the
-            # PyTorch path masks by selection and raises only for a surviving one.
-    return {n: out[n] if n in out else _torch_row_power_sums(*rows[n], exps, n) for n in weights}
+    out = {}
+    for n, w in weights.items():
+        m = masks.get(n)
+        out[n] = _row_power_sums(as_rows(w), None if m is None else as_rows(m), exps, n)
+    return out
 
 
 def row_power_sums(w: Tensor, exponents: Iterable[float], mask: Tensor | None = None, name: str = "tensor") -> RowStats:

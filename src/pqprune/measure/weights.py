@@ -126,8 +126,36 @@ def check_mask(
     raise ValueError(f"{where}mask for {name!r} must be {expected}, got {found}")
 
 
+def match_masks(
+    targets: Mapping[str, Any],
+    masks: Mapping[str, Any],
+    source: str | None = None,
+    allow_01: bool = False,
+    what: str = "tensor",
+) -> dict[str, Tensor]:
+    """The one check of a set of masks against the tensors they mask (``targets``: name → tensor or shape): every
+    mask names one of them (``what`` says what they are in errors: "parameter", "prunable weight", …) and passes
+    :func:`check_mask` against its shape. Returns name → bool mask for the masks given (a None entry, "dense", is
+    name-checked and left out).
+
+    Raises:
+        ValueError: an unknown name (the known ones are listed), or a mask :func:`check_mask` refuses.
+    """
+    unknown = sorted(set(masks) - set(targets))
+    if unknown:
+        known = list(targets)
+        listed = ", ".join(map(repr, known[:12])) + (f", … ({len(known)} in all)" if len(known) > 12 else "")
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}unknown {what} name(s) {unknown}; the {what}s are [{listed}]")
+    return {n: check_mask(n, m, _shape(targets[n]), source, allow_01) for n, m in masks.items() if m is not None}
+
+
+def _shape(target: Any) -> tuple[int, ...]:
+    return tuple(target.shape) if hasattr(target, "shape") else tuple(target)
+
+
 def check_masks(weights: Mapping[str, Tensor], masks: Masks | Tensor | None) -> dict[str, Tensor | None]:
-    """Match masks to weights by name; a mask for an unknown name or of the wrong shape is an error.
+    """Masks matched to weights by name (:func:`match_masks`), None for a weight without one.
 
     For a single tensor (named ``"tensor"``) the mask may be given as a bool tensor instead of a mapping.
     """
@@ -135,15 +163,8 @@ def check_masks(weights: Mapping[str, Tensor], masks: Masks | Tensor | None) -> 
         if list(weights) != ["tensor"]:
             raise ValueError("a bare mask tensor only goes with a bare weight tensor; pass name → mask otherwise")
         masks = {"tensor": masks}
-    masks = dict(masks or {})
-    unknown = sorted(set(masks) - set(weights))
-    if unknown:
-        raise ValueError(f"masks name tensors that are not prunable weights here: {unknown}")
-    out: dict[str, Tensor | None] = {}
-    for name, w in weights.items():
-        m = masks.get(name)
-        out[name] = None if m is None else check_mask(name, m, w.shape)
-    return out
+    matched = match_masks(weights, masks or {}, what="prunable weight")
+    return {name: matched.get(name) for name in weights}
 
 
 def check_scope(scope: str) -> None:

@@ -18,19 +18,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
-from pqprune.measure import kernels as cpu_kernels
-from pqprune.measure.weights import check_mask, prunable_weights
+from pqprune.measure.weights import check_mask, match_masks, prunable_weights
 
 MASK_FORMAT = "pqprune.masks"
 MASK_FORMAT_VERSION = 1
 _ORIG, _MASK = "_orig", "_mask"
-# Tensors below this size get a cached float mask for enforce(); larger ones use a uint8 view (see _hot).
+# Tensors below this size get a cached float mask for enforce(); larger ones are multiplied a chunk at a time
+# by their bool mask converted to float (see _hot).
 _FLOAT_MASK_MAX = 1 << 18
+_MASK_CHUNK = 1 << 20
 
 
 def _as_patterns(p: str | Sequence[str] | None, arg: str) -> list[str] | None:
@@ -135,8 +135,29 @@ class _Hot(NamedTuple):
     views: list[Tensor]
     mults: list[Tensor]
     slots: list[tuple[nn.Module, str]]  # (owning module, attribute): a replaced Parameter invalidates the cache
-    keep: list[Tensor]  # the bool masks, kept alive while ``table`` holds their addresses
-    table: np.ndarray | None  # for cpu_kernels.multiply_by_masks, where it applies
+
+
+def _multiply(targets: Sequence[Tensor], mults: Sequence[Tensor]) -> None:
+    """``t *= m`` in place for each pair: ``m`` a float mask of ``t``'s dtype, or a uint8 view of a bool one.
+
+    On CPU a uint8 mask is converted to float a chunk at a time (the mixed-type product is several times slower
+    than two same-type passes over a chunk in cache); a plain loop beats ``_foreach_mul_`` there (27 vs 33 µs on
+    the MLP). Elsewhere one ``_foreach_mul_`` launch does all.
+    """
+    if targets[0].device.type != "cpu":
+        torch._foreach_mul_(list(targets), list(mults))
+        return
+    buf: Tensor | None = None
+    for t, m in zip(targets, mults):
+        if m.dtype == t.dtype or not (t.is_contiguous() and m.is_contiguous()):
+            t.mul_(m)
+            continue
+        flat_t, flat_m = t.view(-1), m.view(-1)
+        if buf is None or buf.dtype != t.dtype or buf.numel() < min(_MASK_CHUNK, t.numel()):
+            buf = torch.empty(min(_MASK_CHUNK, t.numel()), dtype=t.dtype)
+        for i in range(0, t.numel(), _MASK_CHUNK):
+            part = flat_t[i : i + _MASK_CHUNK]
+            part.mul_(buf[: part.numel()].copy_(flat_m[i : i + _MASK_CHUNK]))
 
 
 class MaskSet:
@@ -192,16 +213,8 @@ class MaskSet:
     # ------------------------------------------------------------------ changing masks
     def validate(self, masks: Mapping[str, Tensor], source: str = "masks") -> dict[str, Tensor]:
         """Check names, shapes and values of ``masks`` against the model; returns bool masks on the right device."""
-        unknown = sorted(set(masks) - set(self._masks))
-        if unknown:
-            raise ValueError(f"{source}: unknown parameter name(s) {unknown}; masked parameters are {self.names}")
-        out = {}
-        for n, m in masks.items():
-            if not isinstance(m, Tensor):
-                raise TypeError(f"{source}: mask for {n!r} is a {type(m).__name__}, not a tensor")
-            ref = self._masks[n]
-            out[n] = check_mask(n, m, ref.shape, source, allow_01=True).to(ref.device)
-        return out
+        checked = match_masks(self._masks, masks, source, allow_01=True, what="masked parameter")
+        return {n: m.to(self._masks[n].device) for n, m in checked.items()}
 
     def update(self, masks: Mapping[str, Tensor], allow_regrow: bool = False) -> None:
         """Replace masks by name. Masks only shrink unless ``allow_regrow`` (e.g. loading a checkpoint)."""
@@ -218,11 +231,24 @@ class MaskSet:
         # New tensors, not in-place: masks handed out earlier must keep describing the earlier state.
         self._set({n: self._masks[n].clone().masked_fill_(s, False) for n, s in sel.items()})
 
+    def keep_only(self, keep: Mapping[str, Tensor]) -> None:
+        """Make ``keep`` (name → bool mask, True = survives) the masks; they are taken over, not copied.
+
+        For masks computed as subsets of the current ones (:func:`pqprune.prune.select.select_keep`): neither
+        the subset nor the values are checked, which would cost two passes over the masks; :meth:`update`
+        checks both. The tensors replaced stay unchanged for whoever holds them.
+        """
+        for n, m in keep.items():
+            ref = self._masks[self._known(n)]
+            if m.shape != ref.shape or m.dtype != torch.bool or m.device != ref.device:
+                raise ValueError(f"kept entries of {n!r}: expected a bool {tuple(ref.shape)} mask on {ref.device}")
+        self._set(keep)
+
     def _set(self, masks: Mapping[str, Tensor]) -> None:
         self._cache = None
         for n, m in masks.items():
             self._masks[n] = m
-            if bool(m.all()):
+            if m.numel() == 0 or bool(m.view(torch.uint8).min()):  # all True; Tensor.all() is 30x slower
                 self._dense.add(n)
             else:
                 self._dense.discard(n)
@@ -235,14 +261,12 @@ class MaskSet:
     def _hot(self) -> _Hot:
         """Parameters with pruned entries, detached views of them, and their masks as multipliers.
 
-        Measured: multiplying by a bool mask is ~3-5x slower than by a float one; a uint8 *view* of the bool
-        mask costs no memory and is as fast as float on large tensors, but ~3x slower on small ones (where
-        per-call overhead dominates). So small tensors get a cached float copy, large ones the free view; and
-        float32 CPU models of up to 2M masked weights use the Numba kernel of :mod:`pqprune.measure.kernels`,
-        which reads the bool masks themselves (a quarter of the bytes of float masks). The detached views let
-        :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs a step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
-        (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``): the kernel's
-        table holds addresses.
+        Measured: multiplying by a bool (or uint8) mask is ~3-7x slower than by a float one. So small tensors get
+        a cached float copy; large ones keep only a uint8 view of the bool mask (no memory), which on CPU is
+        converted to float a chunk at a time by :func:`_multiply` (on accelerators the mixed-type product is as
+        fast). The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs
+        a step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
+        (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``).
         """
         cache = self._cache
         if cache is not None and all(
@@ -259,8 +283,7 @@ class MaskSet:
             mults.append(m.to(p.dtype) if m.numel() < _FLOAT_MASK_MAX else m.view(torch.uint8))
         slots = [(self.model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names]
         views = [p.detach() for p in ps]
-        keep = [self._masks[n] for n in names]
-        self._cache = _Hot(ps, views, mults, slots, keep, cpu_kernels.mask_table(views, keep))
+        self._cache = _Hot(ps, views, mults, slots)
         return self._cache
 
     def enforce(self) -> None:
@@ -268,13 +291,7 @@ class MaskSet:
         hot = self._hot()
         if not hot.views:
             return
-        if hot.table is not None:
-            cpu_kernels.multiply_by_masks(hot.table)  # one byte of mask per weight instead of four
-        elif hot.views[0].device.type == "cpu":
-            for v, m in zip(hot.views, hot.mults):  # on CPU a plain loop beats _foreach_mul_ (27 vs 33 µs, MLP)
-                v.mul_(m)
-        else:
-            torch._foreach_mul_(hot.views, hot.mults)  # one kernel launch on accelerators
+        _multiply(hot.views, hot.mults)
 
     @torch.no_grad()
     def mask_grads(self) -> None:
@@ -282,7 +299,7 @@ class MaskSet:
         hot = self._hot()
         pairs = [(p.grad, m) for p, m in zip(hot.params, hot.mults) if p.grad is not None]
         if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+            _multiply([g for g, _ in pairs], [m for _, m in pairs])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -378,9 +395,7 @@ def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def to_torch_prune(state_dict: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``name`` → ``name_orig`` (the weights) and ``name_mask`` (float 0/1), as ``torch.nn.utils.prune`` stores them."""
-    missing = sorted(set(masks) - set(state_dict))
-    if missing:
-        raise ValueError(f"masks name entries missing from the state dict: {missing}")
+    masks = match_masks(state_dict, masks, allow_01=True, what="state dict entry")
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         if k in masks:

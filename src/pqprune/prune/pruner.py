@@ -21,12 +21,14 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from pqprune.files import check_format
 from pqprune.measure.weights import Scope
 from pqprune.prune import methods as _methods
 from pqprune.prune.masks import Density, MaskSet
 from pqprune.prune.methods.base import Method, UnitRecord
-from pqprune.prune.select import select_prune
+from pqprune.prune.select import select_keep
 
+STATE_FORMAT = "pqprune.pruner"  # Pruner.state_dict(), also the "pruner" part of a run's round checkpoints
 STATE_VERSION = 1
 # Optimizers whose update of an entry is a function of that entry's gradient, state and value alone (plus
 # scalars): for them, masked gradients and a zeroed weight after the step give the same model as masking both.
@@ -127,8 +129,7 @@ class Pruner:
         weights = {n: p.detach() for n, p in self.maskset.params().items()}
         masks = self.maskset.pruned_masks()  # dense tensors go without a mask: one less pass over them
         plan = self.method.plan(weights, masks, self.scope, self.round)
-        selected = select_prune(plan.scores, plan.counts, self.scope, masks)
-        self.maskset.prune(selected)
+        self.maskset.keep_only(select_keep(plan.scores, plan.counts, self.scope, masks))
         self.enforce()
         for opt in self._live_optimizers():
             self.maskset.mask_optimizer_state(opt)
@@ -215,7 +216,8 @@ class Pruner:
         weights are not included (save ``model.state_dict()`` beside it).
         """
         return {
-            "version": STATE_VERSION,
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
             "method": self.method.name,
             "hparams": self.method.hparams(),
             "scope": self.scope,
@@ -227,14 +229,18 @@ class Pruner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved; the method and scope must match this Pruner's."""
-        missing = {"version", "method", "scope", "round", "masks", "method_state", "initial"} - set(state)
+        """Restore what :meth:`state_dict` saved; the method and scope must match this Pruner's.
+
+        Raises:
+            FileFormatError: (a ``ValueError``) the state is of another format or a newer version; a state of
+                pqprune 0.1.0 (``"version"`` only) is read as version 1.
+            ValueError: it lacks entries, or is for another method, scope or model.
+        """
+        header = {"format": STATE_FORMAT, **state} if "format" not in state else state  # 0.1.0 named no format
+        check_format(header, "pruner state", STATE_FORMAT, STATE_VERSION, "Pruner state", unversioned=1)
+        missing = {"method", "scope", "round", "masks", "method_state", "initial"} - set(state)
         if missing:
             raise ValueError(f"pruner state lacks {sorted(missing)}")
-        if int(state["version"]) > STATE_VERSION:
-            raise ValueError(
-                f"pruner state version {state['version']} is newer than this pqprune reads ({STATE_VERSION})"
-            )
         if _methods.canonical(str(state["method"])) != _methods.canonical(self.method.name):  # older names are aliases
             raise ValueError(f"pruner state is for method {state['method']!r}, this pruner uses {self.method.name!r}")
         if state["scope"] != self.scope:

@@ -6,24 +6,27 @@ pruned; equal scores are broken by flat index (lower index pruned first), so the
 the number pruned always equals the number decided — unlike a "prune everything below a threshold" rule,
 which prunes nothing or too much on ties.
 
-Algorithm, O(n) per unit: find the c-th smallest surviving score ``v`` by partition (numpy's introselect on
-CPU, ``torch.kthvalue`` elsewhere), take every survivor strictly below ``v``, then fill the remaining count
-from the survivors equal to ``v`` in flat-index order. No full sort and no ``torch.quantile`` (which refuses
-more than 2^24 elements). Memory: the global scope makes one float copy of all scores (partitioned in place)
-and frees it before the per-tensor compare pass, so the peak extra is about one copy of the weights plus the
-bool masks.
+Layer and neuron scope, O(n) per unit: find the c-th smallest surviving score ``v`` by partition (numpy's
+introselect on CPU, ``torch.kthvalue`` elsewhere), take every survivor strictly below ``v``, then fill the
+remaining count from the survivors equal to ``v`` in flat-index order. Global scope, O(n) and streaming: the
+same threshold found by radix selection on the scores' bit patterns, a chunk at a time (:func:`global_threshold`),
+so no copy of all scores is ever made and the tensors may come one at a time from checkpoint shards; the extra
+memory is the bool masks (:func:`global_masks`). No full sort and no ``torch.quantile`` (which refuses more than
+2^24 elements).
 
 Nothing here knows of models, methods or training: inputs are tensors and counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_scope
+from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_mask, check_scope, match_masks
 
 Counts = Mapping[str, "int | Tensor"]
 
@@ -31,36 +34,33 @@ Counts = Mapping[str, "int | Tensor"]
 # huge row never needs an int64 cumsum of its full length.
 _VECTOR_TIE_ROW = 1 << 16
 
+ScoreStream = Callable[[], Iterable[tuple[Tensor, "Tensor | None"]]]
+"""Called once per pass; yields ``(tensor, alive)`` for every tensor of the global unit, always in the same order
+(``alive`` None: every entry survives). Each call may read the tensors afresh, e.g. from checkpoint shards."""
+ChunkScore = Callable[[Tensor, Tensor], Tensor]
+"""``score(chunk, out)``: the element-wise score of a flat chunk of a streamed tensor, written into ``out``."""
+
 
 class LazyScores(Mapping[str, Tensor]):
-    """Name → score tensor, computed on access by ``fn(tensors[name])`` and never stored.
+    """Name → score tensor, computed on access by ``fn(name, tensors[name])`` and never stored.
 
     Magnitude scores of 100M weights would otherwise be a second full copy of the model; the global selection
-    reads each score tensor twice (partition pass, compare pass), so ``fn`` must be deterministic.
+    reads the scores in three passes, so ``fn`` must be deterministic. ``chunk_score(chunk, out)``, given when
+    the score is element-wise (``|w|``), lets the global selection score a chunk at a time instead.
     """
 
     def __init__(
         self,
         tensors: Mapping[str, Tensor],
         fn: Callable[[str, Tensor], Tensor],
-        dtype: torch.dtype | None = None,
-        out_fn: Callable[[Tensor, Tensor], object] | None = None,
+        chunk_score: ChunkScore | None = None,
     ):
         self._tensors = tensors
         self._fn = fn
-        self._out_fn = out_fn  # optional fused form: writes fn's result into a given tensor
-        self.dtype = dtype  # of the scores; None: float32, or float64 for float64 sources
+        self.chunk_score = chunk_score
 
     def __getitem__(self, name: str) -> Tensor:
         return self._fn(name, self._tensors[name])
-
-    def write(self, name: str, out: Tensor) -> None:
-        """Scores of ``name``, flattened, into ``out`` (no temporary when ``out_fn`` was given)."""
-        src = self._tensors[name]
-        if self._out_fn is not None:
-            self._out_fn(src, out.view(src.shape))
-        else:
-            out.copy_(self[name].reshape(-1))
 
     def source(self, name: str) -> Tensor:
         """The tensor the scores of ``name`` are computed from (same shape)."""
@@ -73,9 +73,13 @@ class LazyScores(Mapping[str, Tensor]):
         return len(self._tensors)
 
 
+def _abs_into(w: Tensor, out: Tensor) -> Tensor:
+    return torch.abs(w, out=out)
+
+
 def magnitude_scores(weights: Mapping[str, Tensor]) -> LazyScores:
     """``|w|``: the score of magnitude pruning (smallest magnitudes pruned first)."""
-    return LazyScores(weights, lambda _name, w: w.detach().abs(), out_fn=lambda w, out: torch.abs(w.detach(), out=out))
+    return LazyScores(weights, lambda _name, w: w.detach().abs(), chunk_score=_abs_into)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -151,7 +155,7 @@ def smallest_in_rows(scores: Tensor, k: Tensor | int, alive: Tensor | None = Non
     broken by column index. Returns a mask of ``scores``' shape. O(n): one partition per distinct ``k``.
     """
     rows = as_rows(scores)
-    arows = as_rows(alive) if alive is not None else None
+    arows = as_rows(check_mask(name, alive, scores.shape)) if alive is not None else None
     n_rows = rows.shape[0]
     k = torch.as_tensor(k, dtype=torch.int64).reshape(-1).to(rows.device)
     if k.numel() == 1 and n_rows != 1:
@@ -180,101 +184,264 @@ def smallest_in_rows(scores: Tensor, k: Tensor | int, alive: Tensor | None = Non
     return out.reshape(scores.shape)
 
 
-def _meta(scores: Mapping[str, Tensor], name: str) -> tuple[torch.Size, torch.dtype, torch.device]:
-    """Shape, score dtype and device of one score tensor, without computing lazy scores."""
-    if isinstance(scores, LazyScores):
-        t = scores.source(name)
-        return t.shape, scores.dtype or _score_dtype(t), t.device
-    t = scores[name]
-    return t.shape, _score_dtype(t), t.device
+# --------------------------------------------------------------------------------------------- global scope
+# Entries per chunk of the streaming passes: large enough that per-op overheads (and a multi-threaded op's
+# start-up) stay small, small enough that a chunk's buffers are a rounding error beside the masks.
+_CHUNK = 1 << 20
+_DIGIT = 16  # bits of the radix digit counted per pass: a 65,536-bin histogram
+_INT = {torch.float32: (torch.int32, 32), torch.float64: (torch.int64, 64)}
 
 
-def smallest_global(
+@dataclass(frozen=True)
+class Threshold:
+    """Where the ``k`` smallest surviving scores end: all ``below`` survivors with a score ``< value`` and the
+    first ``ties`` (in flat order of the concatenation) of the ``equal`` survivors with a score ``== value``;
+    ``below + ties = k``. ``negative``: some surviving score was negative (or a NaN with its sign bit set)."""
+
+    value: float
+    key: int  # the order key of ``value`` (see _order_keys)
+    below: int
+    ties: int
+    equal: int
+    negative: bool
+
+
+def _score_chunks(stream: ScoreStream, score: ChunkScore | None) -> Iterator[tuple[int, Tensor, Tensor, Tensor | None]]:
+    """``(tensor position, tensor, flat score chunk, flat alive chunk)`` over one pass of ``stream``, in flat order.
+
+    Scores are computed chunk by chunk into one reused buffer when ``score`` is given, so a pass never holds more
+    than a chunk of them; float16/bfloat16 scores are widened to float32 (exactly).
+    """
+    buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+    chunk = _CHUNK
+    for pos, (t, alive) in enumerate(stream()):
+        if alive is not None and alive.shape != t.shape:
+            raise ValueError(f"mask of tensor {pos} has shape {tuple(alive.shape)}, its scores have {tuple(t.shape)}")
+        flat = t.detach().reshape(-1)
+        a = None if alive is None else alive.reshape(-1)
+        dtype = _score_dtype(flat)
+        key = (dtype, flat.device)
+        if (score is not None or flat.dtype != dtype) and key not in buffers:
+            buffers[key] = torch.empty(chunk, dtype=dtype, device=flat.device)
+        for i in range(0, flat.numel(), chunk):
+            part = flat[i : i + chunk]
+            if score is not None:
+                part = score(part, buffers[key][: part.numel()])
+            elif part.dtype != dtype:
+                part = buffers[key][: part.numel()].copy_(part)
+            yield pos, t, part, None if a is None else a[i : i + chunk]
+
+
+def _order_keys(s: Tensor, maybe_negative: bool = True) -> tuple[Tensor, bool]:
+    """Signed integers in the order of the float scores ``s`` (float32 → int32, float64 → int64), −0.0 and +0.0
+    mapped to the same key, and whether any was negative: a non-negative float's bit pattern already sorts like
+    its value (the common case, e.g. magnitudes: no work); a negative one's magnitude bits are flipped (and
+    shifted by one, so that −0.0 meets +0.0). ``maybe_negative=False`` skips the check."""
+    bits = s.view(_INT[s.dtype][0])
+    if not maybe_negative or bool(bits.min() >= 0):
+        return bits, False
+    sign = bits >> (_INT[s.dtype][1] - 1)  # −1 for negative floats, 0 otherwise
+    return (bits ^ (sign & torch.iinfo(bits.dtype).max)) - sign, True
+
+
+def _key_value(key: int, dtype: torch.dtype) -> float:
+    """The float whose :func:`_order_keys` key is ``key`` (inverse of the map above)."""
+    int_dtype, bits = _INT[dtype]
+    raw = key if key >= 0 else (key - 1) ^ ((1 << (bits - 1)) - 1)
+    return float(torch.tensor([raw], dtype=int_dtype).view(dtype)[0])
+
+
+def _digit_histogram(
+    stream: ScoreStream, score: ChunkScore | None, level: int, prefix: int, maybe_negative: bool = True
+) -> tuple[Tensor, torch.dtype, bool]:
+    """Counts of radix digit ``level`` (16 bits, from the top) of the survivors' keys whose higher digits
+    equal ``prefix`` (level 0: of all survivors, the signed top digit offset to ``[0, 2^16)``), the scores'
+    dtype and whether any score was negative (known not to be when ``maybe_negative`` is False)."""
+    hist: Tensor | None = None
+    dtype: torch.dtype | None = None
+    negative = False
+    bins = 1 << _DIGIT
+    for _pos, _t, s, alive in _score_chunks(stream, score):
+        dtype = dtype or s.dtype
+        if s.dtype != dtype:
+            raise ValueError(f"scores mix {dtype} and {s.dtype}; give all tensors of a global unit one dtype")
+        shift = _INT[dtype][1] - _DIGIT * (level + 1)
+        key, neg = _order_keys(s, maybe_negative)
+        negative |= neg
+        if level == 0:
+            digit = (key >> shift).add_(bins >> 1)  # the signed top digit, from [−2^15, 2^15) to [0, 2^16)
+            if alive is not None:
+                digit.masked_fill_(alive.logical_not(), bins)  # counted in a last bin, then dropped
+        else:
+            match = torch.logical_not((key >> (shift + _DIGIT)) ^ prefix)  # faster than == on this many ints
+            if alive is not None:
+                match &= alive
+            digit = (key[match] >> shift) & (bins - 1)
+        counts = torch.bincount(digit, minlength=bins + 1)
+        hist = counts if hist is None else hist.add_(counts)
+    if hist is None or dtype is None:
+        raise ValueError("global selection over no tensors")
+    return hist[:bins], dtype, negative
+
+
+def global_threshold(stream: ScoreStream, k: int, score: ChunkScore | None = None) -> Threshold:
+    """The :class:`Threshold` of the ``k`` smallest surviving scores over all tensors of ``stream`` concatenated.
+
+    Exact radix selection on the order-preserving integer keys of the float scores (docs/math.md §5): one pass counts
+    the top 16 bits of every survivor's key, finds the bucket holding the k-th smallest and carries on with the
+    next 16 bits inside that bucket only — two passes for float32 scores, four for float64. Memory: a 65,536-bin
+    histogram and a chunk of keys; scores are never concatenated, so ``stream`` may read checkpoint shards one at
+    a time. ``score`` (e.g. ``torch.abs`` with ``out``) turns chunks of the streamed tensors into scores.
+    """
+    if k < 0:
+        raise ValueError(f"global: cannot prune {k} survivors")
+    if k == 0:
+        return Threshold(-math.inf, int(_order_keys(torch.tensor([-math.inf]))[0]), 0, 0, 0, True)
+    rank, below, prefix, level, levels = k, 0, 0, 0, 1
+    dtype, negative = torch.float32, False
+    while level < levels:
+        hist, dtype, neg = _digit_histogram(stream, score, level, prefix, level == 0 or negative)
+        negative |= neg
+        if level == 0:
+            seen = int(hist.sum())
+            if k > seen:
+                raise ValueError(f"global: cannot prune {k} of the {seen} survivors")
+            levels = _INT[dtype][1] // _DIGIT
+        cum = hist.cumsum(0)
+        digit = int(torch.searchsorted(cum, torch.tensor([rank], device=cum.device))[0])
+        before = int(cum[digit - 1]) if digit else 0
+        rank, below, equal = rank - before, below + before, int(hist[digit])
+        prefix = digit - (1 << (_DIGIT - 1)) if level == 0 else (prefix << _DIGIT) | digit
+        level += 1
+    value = _key_value(prefix, dtype)
+    if math.isnan(value):
+        raise ValueError(f"global: the {k} smallest survivors include NaN scores")
+    return Threshold(value, prefix, below, rank, equal, negative)
+
+
+def global_masks(stream: ScoreStream, k: int, score: ChunkScore | None = None) -> Iterator[Tensor]:
+    """Bool masks of the survivors left when the ``k`` smallest surviving scores of ``stream`` are pruned, one per
+    streamed tensor (its shape, True = survives), in order. Ties at the threshold go lowest flat index first.
+
+    Three passes over ``stream`` for float32 scores (:func:`global_threshold`'s two, then one writing the masks
+    chunk by chunk); the extra memory is the masks themselves (a quarter of float32 scores) and a few chunks.
+    Raises ``ValueError`` if the pruned count would differ from ``k`` (negative NaN scores rank unpredictably).
+    """
+    th = global_threshold(stream, k, score)
+    # Usually every survivor at the threshold goes (continuous scores: there is one), and the mask is one compare
+    # per chunk; otherwise the first `ties` of them in flat order are found chunk by chunk.
+    ties, take_equal = th.ties, 0 < th.ties == th.equal
+    bound = th.key + take_equal  # the smallest key kept
+    pruned = 0
+    keep: Tensor | None = None
+    current = -1
+    scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+    for pos, t, s, alive in _score_chunks(stream, score):
+        if pos != current:
+            if keep is not None:
+                yield keep
+            keep, offset, current = torch.empty(t.shape, dtype=torch.bool, device=t.device), 0, pos
+        assert keep is not None
+        out = keep.view(-1)[offset : offset + s.numel()]
+        offset += s.numel()
+        if th.negative:
+            torch.logical_not(s <= th.value if take_equal else s < th.value, out=out)  # NaN is never pruned
+        else:
+            # All keys are bit patterns of non-negative floats (or NaN): key >= bound in integer arithmetic,
+            # about twice as fast as a float compare writing bools.
+            int_dtype, width = _INT[s.dtype]
+            buf = scratch.get((int_dtype, s.device))
+            if buf is None or buf.numel() < s.numel():
+                buf = scratch[(int_dtype, s.device)] = torch.empty(s.numel(), dtype=int_dtype, device=s.device)
+            d = torch.sub(s.view(int_dtype), bound, out=buf[: s.numel()])
+            out.copy_(d.bitwise_right_shift_(width - 1).bitwise_not_())  # −1 (True) where key >= bound, else 0
+        if alive is not None:
+            out &= alive
+        if ties and not take_equal:
+            at = s == th.value
+            if alive is not None:
+                at &= alive
+            idx = at.nonzero().flatten()[:ties]
+            out[idx] = False
+            ties -= idx.numel()
+        if th.negative:  # a negative NaN was counted among the smallest keys, and is not pruned here
+            pruned += (s.numel() if alive is None else int(torch.count_nonzero(alive))) - int(torch.count_nonzero(out))
+    if keep is not None:
+        yield keep
+    if th.negative and pruned != k:
+        raise ValueError(f"global selection pruned {pruned} of {k}: the scores contain NaN")
+
+
+def _stream_of(
+    scores: Mapping[str, Tensor], alive: Mapping[str, Tensor | None], names: list[str]
+) -> tuple[ScoreStream, ChunkScore | None]:
+    """A :data:`ScoreStream` over ``scores`` (element-wise :class:`LazyScores` are scored chunk by chunk)."""
+    if isinstance(scores, LazyScores) and scores.chunk_score is not None:
+        lazy = scores
+        return (lambda: ((lazy.source(n), alive.get(n)) for n in names)), lazy.chunk_score
+    return (lambda: ((scores[n], alive.get(n)) for n in names)), None
+
+
+def _global_keep(
     scores: Mapping[str, Tensor], k: int, alive: Mapping[str, Tensor | None] | None = None
 ) -> dict[str, Tensor]:
-    """Bool masks of the ``k`` smallest surviving scores over all tensors concatenated in mapping order.
-
-    Ties are broken by the flat index of the concatenation (earlier tensor first, then lower index). Each
-    score tensor is read twice (``scores`` may be a :class:`LazyScores`); one float copy of all scores exists at
-    a time and is freed before the compare pass.
-    """
-    alive = alive or {}
+    """Survivor masks after pruning the ``k`` smallest surviving scores over all tensors (see :func:`global_masks`)."""
     names = list(scores)
     if not names:
         raise ValueError("global selection over no tensors")
-    meta = {n: _meta(scores, n) for n in names}
-    for n in names:
-        a = alive.get(n)
-        if a is not None and a.shape != meta[n][0]:
-            raise ValueError(f"mask for {n!r} has shape {tuple(a.shape)}, its scores have {tuple(meta[n][0])}")
-    n_alive = sum(int(torch.count_nonzero(a)) if (a := alive.get(n)) is not None else meta[n][0].numel() for n in names)
-    if not 0 <= k <= n_alive:
-        raise ValueError(f"global: cannot prune {k} of the {n_alive} survivors")
-    if k == 0:
-        return {n: torch.zeros(meta[n][0], dtype=torch.bool, device=meta[n][2]) for n in names}
+    shapes = {n: scores.source(n).shape if isinstance(scores, LazyScores) else scores[n].shape for n in names}
+    live = match_masks(shapes, alive or {}, what="scored tensor")
+    stream, score = _stream_of(scores, live, names)
+    return dict(zip(names, global_masks(stream, k, score)))
 
-    # Pass 1: the one concatenated copy, dead entries at +inf, partitioned in place for the k-th value.
-    # NaN scores are not checked for (a full extra pass): they compare false with everything, sort last in
-    # the partition, and so are never selected, like pruned entries.
-    dtype = torch.float64 if any(m[1] == torch.float64 for m in meta.values()) else torch.float32
-    device = meta[names[0]][2]
-    buf = torch.empty(sum(m[0].numel() for m in meta.values()), dtype=dtype, device=device)
-    off = 0
-    for n in names:
-        size = meta[n][0].numel()
-        part = buf[off : off + size]
-        if isinstance(scores, LazyScores):
-            scores.write(n, part)
-        else:
-            s = scores[n]
-            if s.dtype == torch.float64 and dtype != torch.float64:
-                raise ValueError(f"scores of {n!r} are float64 but were declared {dtype}")
-            part.copy_(s.reshape(-1))
-            del s
-        _dead_to_inf(part, None if (a := alive.get(n)) is None else a.reshape(-1))
-        off += size
-    if buf.device.type == "cpu":
-        arr = buf.numpy()
-        arr.partition(k - 1)
-        v = float(arr[k - 1])
-        del arr
-    else:
-        v = float(torch.kthvalue(buf, k).values)
-    del buf
 
-    # Pass 2, tensor by tensor: survivors strictly below v; ties at v are kept only for the tensors that
-    # hold some (usually one), then taken in flat-index order until k are selected.
-    below: dict[str, Tensor] = {}
-    ties: dict[str, tuple[Tensor, int]] = {}
-    need = k
-    for n in names:
-        s = scores[n]
-        b, e = s < v, s == v
-        del s
-        a = alive.get(n)
-        if a is not None:
-            b &= a
-            e &= a
-        below[n] = b
-        n_e = int(torch.count_nonzero(e))
-        if n_e:
-            ties[n] = (e, n_e)
-        del e
-        need -= int(torch.count_nonzero(b))
-    for n, (e, n_e) in ties.items():
-        if need <= 0:
-            break
-        if n_e <= need:
-            below[n] |= e
-            need -= n_e
+def select_keep(
+    scores: Mapping[str, Tensor],
+    counts: Counts,
+    scope: Scope,
+    alive: Mapping[str, Tensor | None] | None = None,
+) -> dict[str, Tensor]:
+    """Survivor masks after pruning, per unit of ``scope``, the ``counts[unit]`` smallest surviving scores.
+
+    ``counts`` follows the scope convention of :mod:`pqprune.measure`: ``{"global": c}``; ``{name: c}`` per
+    tensor; or ``{name: int64 tensor [rows]}`` per neuron. Returns name → bool mask, True = survives; each is a
+    subset of ``alive[name]`` (all True where absent). The global scope streams (:func:`global_masks`): its only
+    large allocation is the returned masks.
+    """
+    check_scope(scope)
+    alive = dict(alive or {})
+    if scope == "global":
+        unknown = set(counts) - {GLOBAL}
+        if unknown:
+            raise ValueError(f"global scope takes one count under {GLOBAL!r}, got units {sorted(unknown)}")
+        return _global_keep(scores, int(counts.get(GLOBAL, 0)), alive)
+    chosen = _select_units(scores, counts, scope, alive)
+    return {n: _minus(alive.get(n), c) for n, c in chosen.items()}
+
+
+def _minus(alive: Tensor | None, chosen: Tensor) -> Tensor:
+    """Survivors not in ``chosen`` (all entries survive when ``alive`` is None)."""
+    return ~chosen if alive is None else alive & ~chosen
+
+
+def _select_units(
+    scores: Mapping[str, Tensor], counts: Counts, scope: Scope, alive: Mapping[str, Tensor | None]
+) -> dict[str, Tensor]:
+    """Layer or neuron scope: name → bool mask of the entries to prune now (see :func:`select_keep`)."""
+    unknown = set(counts) - set(scores)
+    if unknown:
+        raise ValueError(f"counts name units that have no scores: {sorted(unknown)}")
+    out = {}
+    for name in scores:
+        s = scores[name]
+        c = counts.get(name, 0)
+        a = alive.get(name)
+        if scope == "layer":
+            flat = smallest_in_rows(s.reshape(1, -1), int(c), None if a is None else a.reshape(1, -1), name)
+            out[name] = flat.reshape(s.shape)
         else:
-            idx = e.reshape(-1).nonzero().flatten()[:need]
-            below[n].view(-1)[idx] = True
-            need = 0
-    del ties
-    if need != 0:  # cannot happen: v is the k-th smallest survivor
-        raise RuntimeError(f"global selection left {need} of {k} unselected")
-    return below
+            out[name] = smallest_in_rows(s, c, a, name)
+    return out
 
 
 def select_prune(
@@ -283,30 +450,11 @@ def select_prune(
     scope: Scope,
     alive: Mapping[str, Tensor | None] | None = None,
 ) -> dict[str, Tensor]:
-    """Which survivors to prune: per unit of ``scope``, the ``counts[unit]`` smallest scores.
-
-    ``counts`` follows the scope convention of :mod:`pqprune.measure`: ``{"global": c}``; ``{name: c}`` per
-    tensor; or ``{name: int64 tensor [rows]}`` per neuron. Returns name → bool mask, True = prune now.
-    """
+    """Which survivors to prune: name → bool mask, True = prune now; the complement among survivors of
+    :func:`select_keep`, which takes the same arguments."""
     check_scope(scope)
     alive = dict(alive or {})
-    if scope == "global":
-        unknown = set(counts) - {GLOBAL}
-        if unknown:
-            raise ValueError(f"global scope takes one count under {GLOBAL!r}, got units {sorted(unknown)}")
-        return smallest_global(scores, int(counts.get(GLOBAL, 0)), alive)
-    unknown = set(counts) - set(scores)
-    if unknown:
-        raise ValueError(f"counts name units that have no scores: {sorted(unknown)}")
-    out = {}
-    for name in scores:
-        s = scores[name]
-        c = counts.get(name, 0)
-        if scope == "layer":
-            flat = smallest_in_rows(
-                s.reshape(1, -1), int(c), None if (a := alive.get(name)) is None else a.reshape(1, -1), name
-            )
-            out[name] = flat.reshape(s.shape)
-        else:
-            out[name] = smallest_in_rows(s, c, alive.get(name), name)
-    return out
+    if scope != "global":
+        return _select_units(scores, counts, scope, alive)
+    keep = select_keep(scores, counts, scope, alive)
+    return {n: _minus(alive.get(n), m) for n, m in keep.items()}

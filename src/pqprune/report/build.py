@@ -111,16 +111,12 @@ def parse_where(items: Sequence[str]) -> dict[str, Any]:
     Raises:
         ReportError: an item is not KEY=VALUE.
     """
-    from pqprune.experiment.settings import SettingsError, parse_assignment, parse_value
+    from pqprune.experiment.settings import SettingsError, parse_assignments
 
-    out: dict[str, Any] = {}
-    for item in items:
-        try:
-            key, value = parse_assignment(item, "--where")
-        except SettingsError as err:
-            raise ReportError(str(err)) from err
-        out[key] = parse_value(value)
-    return out
+    try:
+        return parse_assignments(items, "--where")
+    except SettingsError as err:
+        raise ReportError(str(err)) from err
 
 
 def _prepare_out(out_dir: str | Path) -> Path:

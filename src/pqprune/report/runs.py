@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pqprune.experiment.settings import RunSettings, method_label
+from pqprune.files import finite_or_none
 from pqprune.prune.methods.registry import lookup, methods
 
 # One colour and marker per method, the same in every figure and every report: the styles the method classes
@@ -51,12 +51,12 @@ class MethodRuns:
         return max((r["round"] for rs in self.rounds for r in rs), default=-1) + 1
 
     def matrix(self, get: Callable[[dict[str, Any]], Any]) -> np.ndarray:
-        """(seeds, rounds) array of ``get(round_row)``; NaN where a seed lacks the round or the value is None."""
+        """(seeds, rounds) array of ``get(round_row)``; NaN where a seed lacks the round or the value is undefined
+        (None or non-finite)."""
         out = np.full((len(self.rounds), self.n_rounds), np.nan)
         for i, rs in enumerate(self.rounds):
             for r in rs:
-                v = get(r)
-                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                if (v := finite_or_none(get(r))) is not None:
                     out[i, r["round"]] = float(v)
         return out
 

@@ -54,7 +54,27 @@ def phase_accuracy(m: MethodRuns) -> tuple[np.ndarray, float | None]:
     split = "val" if np.isfinite(m.column("val_accuracy")).any() else "test"
     acc, _, _ = mean_std(m.column(f"{split}_accuracy"))
     sizes = [e[split] for e in m.examples if e.get(split)]
-    return acc, (float(np.median(sizes)) * len(m.rounds) if sizes else None)
+    if sizes:
+        return acc, float(np.median(sizes)) * len(m.rounds)
+    n = examples_behind(m.column(f"{split}_accuracy"))
+    return acc, (n * len(m.rounds) if n else None)
+
+
+def examples_behind(accuracies: np.ndarray, largest: int = 100_000) -> int | None:
+    """For runs that did not record their split sizes: the smallest n for which every accuracy is a whole number
+    of correct answers out of n (accuracies are counts / n, stored as floats). When all counts share a factor with
+    the true size this finds a divisor of it, which overstates the noise: the phase rule then calls fewer drops.
+    None when no n up to ``largest`` fits (or there are fewer than 3 distinct values to go by)."""
+    a = np.unique(accuracies[np.isfinite(accuracies)])
+    if len(a) < 3:
+        return None
+    for start in range(1, largest + 1, 10_000):
+        n = np.arange(start, min(start + 10_000, largest + 1), dtype=np.float64)
+        k = np.outer(n, a)
+        fits = (np.abs(k - np.round(k)) < 1e-6 * np.maximum(n, 1.0)[:, None]).all(axis=1)
+        if fits.any():
+            return int(n[np.argmax(fits)])
+    return None
 
 
 def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:

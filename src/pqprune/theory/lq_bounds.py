@@ -16,14 +16,11 @@ from torch import Tensor, nn
 
 from pqprune.measure.indices import check_lq
 from pqprune.measure.sums import row_power_sums
-from pqprune.prune.methods.lq import lq_keep_counts
+from pqprune.measure.weights import check_mask
+from pqprune.prune.methods.lq import check_input_bound, lq_keep_counts
 from pqprune.prune.select import smallest_in_rows
 
-
 # ============================================================================ §7: ℓ_q neuron bound
-def _check_input_bound(b: float) -> None:
-    if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
-        raise ValueError(f"input_bound must be a finite number >= 0, got {b!r}")
 
 
 def lq_neuron_bound(w: Tensor, keep: Tensor, q: float, input_bound: float, mask: Tensor | None = None) -> Tensor:
@@ -35,7 +32,9 @@ def lq_neuron_bound(w: Tensor, keep: Tensor, q: float, input_bound: float, mask:
     pruned); ``m_i = 0`` → ``B·‖w_i‖₁`` (everything pruned; the q-formula is +∞ there). Float64 [rows].
     """
     check_lq(q)
-    _check_input_bound(input_bound)
+    check_input_bound(input_bound)
+    if mask is not None:
+        check_mask("w", mask, w.shape)
     stats = row_power_sums(w, (q, 1.0), mask)
     keep = keep.to(torch.float64)
     if keep.shape != stats.count.shape:
@@ -53,7 +52,11 @@ def keep_largest_mask(w: Tensor, keep: Tensor, mask: Tensor | None = None) -> Te
     the same keep count gives the same mask as a pruning step, ties included (the lower flat index is pruned
     first)."""
     rows = w.detach().reshape(w.shape[0], -1).abs()
-    alive = mask.reshape(rows.shape).bool() if mask is not None else torch.ones_like(rows, dtype=torch.bool)
+    alive = (
+        check_mask("w", mask, w.shape).reshape(rows.shape)
+        if mask is not None
+        else torch.ones_like(rows, dtype=torch.bool)
+    )
     survivors = alive.sum(dim=1)
     prune = (survivors - keep.to(survivors.dtype).clamp(min=0)).clamp(min=0)
     pruned = smallest_in_rows(rows, prune, alive, "w")
@@ -251,7 +254,7 @@ def lq_network_bound(
         if data is None:
             raise ValueError("give input_bound or a data batch to measure it on")
         input_bound = float(data.detach().abs().max())
-    _check_input_bound(input_bound)
+    check_input_bound(input_bound)
     if hidden_bounds == "data":
         if data is None:
             raise ValueError("hidden_bounds='data' needs a data batch")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pqprune.files import save_json_document
 from pqprune.plotting import new_figure, save_png, series_colors
 from pqprune.theory.gap_bound import ARCHS, DISTS, METHODS, RandomNetSpec, guaranteed_probability, hp_gap_bound
 from pqprune.theory.moments import _check_delta
@@ -199,6 +200,15 @@ def monte_carlo_grid(
                 progress(c)
         cells.extend(group)
     return cells
+
+
+GRID_FORMAT = "pqprune.theory_mc"  # the grid's JSON (``theory mc`` writes it beside its figure)
+GRID_VERSION = 1
+
+
+def save_grid(cells: Sequence[GridCell], path: str | Path) -> Path:
+    """Write the cells as a JSON document ``{"cells": [...]}`` of format :data:`GRID_FORMAT`, atomically."""
+    return save_json_document({"cells": [c.as_dict() for c in cells]}, path, GRID_FORMAT, GRID_VERSION)
 
 
 def plot_grid(cells: Sequence[GridCell], path: str | Path) -> Path:

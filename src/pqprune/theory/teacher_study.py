@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.experiment.data.builtin import TEACHER_DISTS, make_teacher
+from pqprune.files import save_json_document
 from pqprune.measure.indices import check_lq
 from pqprune.measure.weights import Masks, Scope
 from pqprune.plotting import new_figure, save_png, series_colors
@@ -86,6 +87,18 @@ class TeacherStudy:
 
     def by_method(self, method: str) -> list[TeacherPoint]:
         return sorted((p for p in self.points if p.method == method), key=lambda p: p.kept)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "seconds": self.seconds, "points": [p.as_dict() for p in self.points]}
+
+
+TEACHER_FORMAT = "pqprune.theory_teacher"  # the studies' JSON (``theory teacher`` writes it beside its figure)
+TEACHER_VERSION = 1
+
+
+def save_teacher(studies: Sequence[TeacherStudy], path: str | Path) -> Path:
+    """Write the studies as a JSON document ``{"studies": [...]}`` of format :data:`TEACHER_FORMAT`, atomically."""
+    return save_json_document({"studies": [s.as_dict() for s in studies]}, path, TEACHER_FORMAT, TEACHER_VERSION)
 
 
 class _MagnitudeAtCounts(Method):

@@ -166,10 +166,15 @@ class LqNeuron(Method):
         return Plan(as_counts(c, scope), magnitude_scores(weights), make_records(scope, d, idx, r, c, clipped))
 
 
+def check_input_bound(b: float) -> None:
+    """An input bound ``B`` (``|h_j| ≤ B``) is a finite number ``≥ 0``; raises ``ValueError`` otherwise."""
+    if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
+        raise ValueError(f"input_bound must be a finite number >= 0, got {b!r}")
+
+
 def _check_bounds(bound: float | Mapping[str, float]) -> None:
     for b in bound.values() if isinstance(bound, Mapping) else [bound]:
-        if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
-            raise ValueError(f"input_bound must be a finite number >= 0, got {b!r}")
+        check_input_bound(b)
 
 
 def _check_finite_positive(name: str, value: float) -> None:
@@ -205,8 +210,7 @@ def lq_keep_counts(
     """
     check_lq(q)
     _check_finite_positive("eps", eps)
-    if not (isinstance(input_bound, (int, float)) and math.isfinite(input_bound) and input_bound >= 0):
-        raise ValueError(f"input_bound must be a finite number >= 0, got {input_bound!r}")
+    check_input_bound(input_bound)
     if not isinstance(w, Tensor) or not w.is_floating_point():
         raise ValueError("w must be a floating-point tensor")
     if mask is not None:

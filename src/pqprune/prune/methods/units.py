@@ -106,7 +106,7 @@ def random_scores(weights: Weights, seed: int, round_: int) -> LazyScores:
         g = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
         return torch.rand(w.shape, generator=g, dtype=torch.float64).to(w.device)
 
-    return LazyScores(weights, fn, dtype=torch.float64)
+    return LazyScores(weights, fn)
 
 
 # --------------------------------------------------------------------------------------------- fixed ratio

@@ -1,0 +1,113 @@
+"""Power sums (pqprune.measure.sums): one blocked read, float64 accumulation, masks, NaN handling; mask multiply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pqprune.measure import power_sums_of, pq_index, sums
+from pqprune.measure.weights import as_rows
+from pqprune.prune import masks as masks_mod
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def float64_sums(w: torch.Tensor, m: torch.Tensor | None, s: float) -> torch.Tensor:
+    a = as_rows(w).double().abs()
+    if m is not None:
+        a = a * as_rows(m).double()
+    return (a**s).sum(1)
+
+
+shapes = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 300)), min_size=1, max_size=4)
+
+
+@FAST
+@given(
+    shapes,
+    st.booleans(),
+    st.sampled_from([(0.5, 1.0), (1.0, 2.0), (0.5, 1.0, 2.0), (0.3, 0.5, 1.5)]),
+    st.integers(0, 2**16),
+)
+def test_blocked_sums_equal_float64(dims, masked, exps, seed):
+    g = gen(seed)
+    weights = {f"w{i}": torch.randn(r, c, generator=g) * 3 for i, (r, c) in enumerate(dims)}
+    masks = {n: torch.rand(w.shape, generator=g) < 0.6 for n, w in weights.items()} if masked else {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sums, "_CHUNK", 64)  # row blocks and column slices on small tensors
+        got = power_sums_of(weights, exps, masks)
+    assert list(got) == list(weights)
+    for n, w in weights.items():
+        m = masks.get(n)
+        want_count = torch.full((w.shape[0],), float(w.shape[1])) if m is None else m.sum(1).double()
+        assert torch.equal(got[n].count, want_count.double())
+        for s in exps:
+            assert torch.allclose(got[n].sums[s], float64_sums(w, m, s), rtol=1e-6, atol=1e-12)
+
+
+def test_thread_count_moves_results_by_float32_rounding_only():
+    # Block sums are float32 reductions whose order depends on the thread count; the float64 total does not care.
+    w = {"w": torch.randn(800, 3000, generator=gen(1)), "v": torch.randn(3, 400_000, generator=gen(2))}
+    m = {"w": torch.rand(800, 3000, generator=gen(3)) < 0.5}
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = power_sums_of(w, (0.5, 1.0, 2.0), m)
+        torch.set_num_threads(2)
+        two = power_sums_of(w, (0.5, 1.0, 2.0), m)
+    finally:
+        torch.set_num_threads(old)
+    for n in w:
+        assert torch.equal(one[n].count, two[n].count)
+        for s in (0.5, 1.0, 2.0):
+            assert torch.allclose(one[n].sums[s], two[n].sums[s], rtol=1e-6, atol=0)
+
+
+def test_pruned_nan_is_ignored_and_surviving_nan_raises():
+    w = torch.randn(6, 50, generator=gen(4))
+    m = torch.rand(6, 50, generator=gen(5)) < 0.5
+    bad = w.clone()
+    bad[~m] = float("nan")  # NaN only where pruned
+    got = power_sums_of({"layer.weight": bad}, (0.5, 1.0), {"layer.weight": m})["layer.weight"]
+    for s in (0.5, 1.0):
+        assert torch.allclose(got.sums[s], float64_sums(w, m, s), rtol=1e-6)
+    bad[m.nonzero()[0].tolist()] = float("inf")  # now a survivor is infinite
+    with pytest.raises(ValueError, match="layer.weight"):
+        power_sums_of({"layer.weight": bad}, (0.5, 1.0), {"layer.weight": m})
+    with pytest.raises(ValueError, match="other.weight"):
+        power_sums_of({"other.weight": torch.full((3, 4), float("nan"))}, (1.0, 2.0))
+
+
+def test_large_tensor_agrees_with_float64():
+    """> 10M float32 entries (rows longer than a block: column slices) vs float64."""
+    n_rows, n_cols = 5, 2_100_000
+    w = torch.randn(n_rows, n_cols, generator=gen(9))
+    x = w.double().abs()
+    for p, q in [(0.5, 1.0), (1.0, 2.0)]:
+        sp, sq = (x.sqrt() if p == 0.5 else x).sum(1), (x if q == 1.0 else x.square()).sum(1)
+        rows_ref = 1 - (sp / n_cols) ** (1 / p) / (sq / n_cols) ** (1 / q)
+        glob_ref = 1 - (sp.sum() / x.numel()) ** (1 / p) / (sq.sum() / x.numel()) ** (1 / q)
+        assert pq_index(w, p, q) == pytest.approx(float(glob_ref), rel=1e-6)
+        assert torch.allclose(pq_index(w, p, q, "neuron")["tensor"], rows_ref, rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ masking
+def test_chunked_mask_multiply_equals_a_float_mask_multiply_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(masks_mod, "_MASK_CHUNK", 7)  # chunks end inside every tensor
+    g = gen(11)
+    weights = [torch.randn(s, generator=g) for s in [(7, 5), (64, 3, 3, 3), (1000,)]]
+    weights[0][0, 0], weights[0][0, 1], weights[1][0, 0, 0, 0] = float("nan"), -2.5, float("inf")
+    masks = [torch.rand(w.shape, generator=g) < 0.6 for w in weights]
+    masks[0][0, :2] = torch.tensor([False, False])  # a pruned NaN stays NaN (0·NaN), a pruned negative is -0.0
+    expected = [w * m.float() for w, m in zip(weights, masks)]
+    masks_mod._multiply(weights, [m.view(torch.uint8) for m in masks])
+    for got, want in zip(weights, expected):
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+        assert torch.equal(got.signbit(), want.signbit())
