@@ -74,6 +74,8 @@ class LazyScores(Mapping[str, Tensor]):
 
 
 def _abs_into(w: Tensor, out: Tensor) -> Tensor:
+    if w.dtype != out.dtype:  # float16/bfloat16 weights, float32 scores: widened exactly, then made positive
+        return out.copy_(w).abs_()
     return torch.abs(w, out=out)
 
 
