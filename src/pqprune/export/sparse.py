@@ -112,7 +112,7 @@ def choose_encoding(shape: Sequence[int], kept: int, dtype: torch.dtype) -> str:
     return min(ENCODINGS, key=lambda e: (sizes[e], ENCODINGS.index(e)))
 
 
-def _encode(w: Tensor, mask: Tensor) -> tuple[str, dict[str, Tensor]]:
+def encode_tensor(w: Tensor, mask: Tensor) -> tuple[str, dict[str, Tensor]]:
     """Parts of ``w`` under ``mask``; values are the survivors in row-major order in both sparse encodings."""
     kept = int(mask.sum())
     enc = choose_encoding(w.shape, kept, w.dtype)
@@ -166,7 +166,7 @@ def save_sparse(state: Mapping[str, Tensor], masks: MaskLike, path: str | os.Pat
             raise ValueError(f"state dict key {name!r} contains {_SEP!r}, which the sparse format reserves")
         t = t.detach().to("cpu")
         if name in mk:
-            enc, parts = _encode(t, mk[name])
+            enc, parts = encode_tensor(t, mk[name])
         else:
             enc, parts = "dense", {"": t.clone()}  # clone: tied weights share storage, which safetensors refuses
         for part, tensor in parts.items():

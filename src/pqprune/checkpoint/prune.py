@@ -1,0 +1,200 @@
+"""One-shot pruning of a checkpoint without training (``pqprune prune``), one tensor at a time.
+
+The method plans on the source's weights read on demand (:class:`SourceWeights`): counts and power sums add up
+tensor by tensor, so nothing is held but one tensor and per-row statistics. The selection is the engine's exact-k
+selection: per tensor at layer and neuron scope (:func:`pqprune.prune.select.select_prune` on that tensor), and
+at global scope the streaming radix selection (:func:`pqprune.prune.select.global_masks`), which reads the
+tensors a few times and never concatenates them. The result is the masks ``Pruner(model, method, scope).step()``
+gives on the same weights loaded whole (ties broken by flat index in the source's order), written one tensor at a
+time as pqprune's mask file and, optionally, as a sparse export of the whole checkpoint with the masks applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pqprune.checkpoint.sources import Source
+from pqprune.checkpoint.writer import SafetensorsWriter, header_bound, safetensors_writer
+from pqprune.export.sparse import SPARSE_FORMAT, SPARSE_FORMAT_VERSION, encode_tensor
+from pqprune.files import FileFormatError, format_stamp
+from pqprune.measure.weights import GLOBAL, Scope
+from pqprune.prune.masks import MASK_FORMAT, MASK_FORMAT_VERSION
+from pqprune.prune.methods.base import Method, UnitRecord, WeightsOnDemand
+from pqprune.prune.select import global_masks, score_stream, select_prune
+
+
+class SourceWeights(WeightsOnDemand):
+    """The tensors ``names`` of a source, read when looked up; the last two read are kept for the next lookups (the
+    streaming selection reads one tensor ahead of the mask it hands out)."""
+
+    def __init__(self, source: Source, names: Sequence[str]) -> None:
+        self.source, self.names = source, list(names)
+        self.shapes = {n: torch.Size(source.infos[n].shape) for n in self.names}
+        self._recent: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.shapes:
+            raise KeyError(name)
+        if name not in self._recent:
+            if len(self._recent) >= 2:
+                del self._recent[next(iter(self._recent))]
+            self._recent[name] = self.source.read(name)
+        return self._recent[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class SourceMasks(Mapping[str, "Tensor | None"]):
+    """The source's masks of ``names`` (None where a tensor has none), read when looked up."""
+
+    def __init__(self, source: Source, names: Sequence[str]) -> None:
+        self.source, self.names = source, [n for n in names if n in source.mask_readers]
+        self._last: tuple[str, Tensor | None] | None = None
+
+    def __getitem__(self, name: str) -> Tensor | None:
+        if name not in self.names:
+            raise KeyError(name)
+        if self._last is None or self._last[0] != name:
+            self._last = (name, self.source.mask(name))
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class PruneResult:
+    """What was pruned: per tensor (name, entries, survivors before, survivors after) and the method's records."""
+
+    tensors: list[tuple[str, int, int, int]] = field(default_factory=list)
+    records: list[UnitRecord] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        numel = sum(t[1] for t in self.tensors)
+        before, after = sum(t[2] for t in self.tensors), sum(t[3] for t in self.tensors)
+        return {
+            "tensors": [
+                {"name": n, "numel": e, "kept_before": b, "kept": a, "density": a / e if e else None}
+                for n, e, b, a in self.tensors
+            ],
+            "numel": numel,
+            "kept_before": before,
+            "kept": after,
+            "density": after / numel if numel else None,
+        }
+
+
+def _keep_masks(
+    weights: SourceWeights,
+    alive: SourceMasks,
+    counts: Mapping[str, int | Tensor],
+    scores: Mapping[str, Tensor],
+    scope: Scope,
+) -> Iterator[Tensor]:
+    """The survivor mask of each tensor after pruning, in order, one at a time."""
+    if scope == "global":
+        stream, score = score_stream(scores, alive, weights.names)
+        yield from global_masks(stream, int(counts.get(GLOBAL, 0)), score)
+        return
+    for name in weights.names:
+        a = alive.get(name)
+        chosen = select_prune({name: scores[name]}, {name: counts.get(name, 0)}, scope, {name: a})[name]
+        yield ~chosen if a is None else a & ~chosen
+
+
+def _sparse_reserve(source: Source) -> int:
+    """Header space of a sparse export of ``source``: each tensor as a dense entry or as up to three 1-D parts,
+    and the metadata listing every tensor with the longest encoding and dtype names."""
+    parts = [(f"{n}::indices", 1) for n in source.infos for _ in range(3)]
+    dense = [(n, len(i.shape)) for n, i in source.infos.items()]
+    worst = [[n, {"encoding": "bitmask", "shape": list(i.shape), "dtype": "bfloat16"}] for n, i in source.infos.items()]
+    meta = {**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(worst)}
+    return header_bound([*parts, *dense], meta)
+
+
+def _check_finite(what: str, name: str, w: Tensor, keep: Tensor | None) -> None:
+    if w.is_floating_point() and not bool(torch.isfinite(w if keep is None else w[keep]).all()):
+        raise FileFormatError(f"{what}: tensor {name!r} has NaN or infinite surviving entries")
+
+
+def prune_source(
+    source: Source,
+    names: Sequence[str],
+    method: Method,
+    scope: Scope,
+    out: str | os.PathLike,
+    sparse_out: str | os.PathLike | None = None,
+) -> PruneResult:
+    """Prune the tensors ``names`` of ``source`` once with ``method`` at ``scope`` (the source's masks, if any, are
+    the survivors before); write the masks to ``out`` and, given ``sparse_out``, the sparse export of every tensor
+    of the source with the masks applied. Both files are written atomically, a tensor at a time.
+
+    Raises:
+        FileFormatError: a surviving weight is NaN or infinite (nothing is written).
+        ValueError: the method cannot work here, or (``sparse_out``) nothing is pruned.
+    """
+    method.check_scope(scope)
+    weights, alive = SourceWeights(source, names), SourceMasks(source, names)
+    try:
+        plan = method.plan(weights, alive, scope, 0)
+    except ValueError as err:
+        if "NaN or infinite" in str(err):  # power sums refuse them, naming the tensor: name the checkpoint too
+            raise FileFormatError(f"{source.what}: {err}") from err
+        raise
+    result = PruneResult(records=plan.records)
+    mask_meta = format_stamp(MASK_FORMAT, MASK_FORMAT_VERSION)
+    selected = set(names)
+    with contextlib.ExitStack() as stack:
+        masks_w = stack.enter_context(
+            safetensors_writer(out, header_bound([(n, len(weights.shapes[n])) for n in names], mask_meta))
+        )
+        sparse_w = None
+        if sparse_out is not None:
+            sparse_w = stack.enter_context(safetensors_writer(sparse_out, _sparse_reserve(source)))
+        entries: list[list[Any]] = []
+        keeps = _keep_masks(weights, alive, plan.counts, plan.scores, scope)
+        for name in source.infos if sparse_w is not None else names:
+            keep = next(keeps) if name in selected else source.mask(name)
+            w = weights[name] if name in selected else source.read(name)
+            _check_finite(source.what, name, w, keep)
+            if name in selected:
+                assert keep is not None
+                masks_w.add(name, keep)
+                before = alive.get(name)
+                result.tensors.append(
+                    (name, w.numel(), w.numel() if before is None else int(before.sum()), int(keep.sum()))
+                )
+            if sparse_w is not None:
+                entries.append(_write_sparse(sparse_w, name, w, keep))
+        masks_w.finish(mask_meta)
+        if sparse_w is not None:
+            if all(kept == numel for _, numel, _, kept in result.tensors):
+                raise ValueError("nothing is pruned: every mask keeps every entry; no sparse export written")
+            sparse_w.finish({**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(entries)})
+    return result
+
+
+def _write_sparse(writer: SafetensorsWriter, name: str, w: Tensor, keep: Tensor | None) -> list[Any]:
+    """One tensor of a sparse export (the smallest encoding when masked, else dense); its metadata entry."""
+    if "::" in name:
+        raise ValueError(f"tensor {name!r} contains '::', which the sparse format reserves")
+    w = w.detach().to("cpu")
+    enc, parts = encode_tensor(w, keep) if keep is not None else ("dense", {"": w})
+    for part, tensor in parts.items():
+        writer.add(f"{name}::{part}" if part else name, tensor)
+    return [name, {"encoding": enc, "shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch.")}]
