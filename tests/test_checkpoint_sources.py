@@ -20,7 +20,7 @@ from pqprune.checkpoint.sources import memory_source, natural_key, open_source
 from pqprune.cli.app import app
 from pqprune.export import save_shrunk, save_sparse, shrink
 from pqprune.measure.histogram import EXACT_GINI_ERROR, Histogram, half_histogram
-from pqprune.prune.select import select_prune
+from pqprune.prune.select import magnitude_scores, select_prune
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.end_to_end]
 runner = CliRunner()
@@ -275,3 +275,19 @@ def test_pickle_needing_code_is_still_refused(tmp_path):
     path.write_bytes(pickle.dumps({"fc.weight": torch.ones(2, 2), "x": NeedsCode()}, protocol=2))
     res = runner.invoke(app, ["analyze", str(tmp_path)])
     assert res.exit_code == 2 and "refused" in res.stderr and "pwned" not in res.output
+
+
+def test_global_split_of_float32_beyond_the_exact_limit_streams(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    w = {f"l{i}.weight": torch.randn(60, 70, generator=g) * (1 + i) for i in range(3)}
+    masks = {"l1.weight": torch.rand(60, 70, generator=g) < 0.5}
+    small = analyze_source(memory_source(w, masks), list(w), scope="global")
+    big = analyze_source(memory_source(w, masks), list(w), scope="global", exact_limit=100)
+    assert [r["sap_keep_fraction"] for r in big["layers"]] == [r["sap_keep_fraction"] for r in small["layers"]]
+    alive = 2 * 4200 + int(masks["l1.weight"].sum())
+    pruned = alive - round(small["global"]["sap_keep_fraction"] * alive)
+    chosen = select_prune(magnitude_scores(w), {"global": pruned}, "global", masks)
+    survivors = {n: int(masks[n].sum()) if n in masks else 4200 for n in w}
+    assert [round(r["sap_keep_fraction"] * survivors[r["name"]]) for r in big["layers"]] == [
+        survivors[n] - int(chosen[n].sum()) for n in w
+    ]

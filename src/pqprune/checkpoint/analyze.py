@@ -6,7 +6,9 @@ is measured without holding more than one tensor: survivor counts and power sums
 PQ Index needs no concatenation), and the Gini index comes from magnitude histograms that add up as well
 (:mod:`pqprune.measure.histogram`: exact for float16/bfloat16 weights). Float32/64 tensors get their exact layer
 Gini from a sort; their global (and per-role) Gini is exact up to :data:`EXACT_LIMIT` weights, which are then
-kept in memory, and binned above it (low by at most 2^-14; ``gini_exact`` says which).
+kept in memory, and binned above it (low by at most 2^-14; ``gini_exact`` says which). At global scope the
+per-layer split of SAP's count is the engine's exact selection: from the 16-bit histograms, else by the streaming
+selection over the tensors read again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.checkpoint.sources import Source, memory_source
+from pqprune.checkpoint.sources import Source, SourceMasks, SourceWeights, memory_source
 from pqprune.export.metrics import MetricsTally, model_metrics
 from pqprune.files import FileFormatError, finite_or_none
 from pqprune.measure.gini_index import gini
@@ -28,7 +30,7 @@ from pqprune.measure.histogram import HALF_DTYPES, Histogram, half_histogram, ha
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import power_sums_of
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
-from pqprune.prune.select import magnitude_scores, select_prune
+from pqprune.prune.select import global_masks, magnitude_scores, score_stream
 
 Report = dict[str, Any]
 
@@ -160,12 +162,12 @@ def _split_by_histograms(layers: Sequence[_Layer], prune: int) -> None:
         layer.kept = layer.alive - below - take
 
 
-def _split_in_memory(layers: Sequence[_Layer], held: Mapping[str, tuple[Tensor, Tensor | None]], prune: int) -> None:
-    """The same split by the engine's exact-k selection over the weights held in memory."""
-    weights = {n: w for n, (w, _) in held.items()}
-    chosen = select_prune(magnitude_scores(weights), {GLOBAL: prune}, "global", alive=_masks_of(held)) if prune else {}
-    for layer in layers:
-        layer.kept = layer.alive - (int(chosen[layer.name].sum()) if prune else 0)
+def _split_streamed(source: Source, layers: Sequence[_Layer], prune: int) -> None:
+    """The same split by the engine's streaming exact-k selection, reading the tensors again (a few passes)."""
+    names = [layer.name for layer in layers]
+    stream, score = score_stream(magnitude_scores(SourceWeights(source, names)), SourceMasks(source, names), names)
+    for layer, keep in zip(layers, global_masks(stream, prune, score)):
+        layer.kept = int(torch.count_nonzero(keep))
 
 
 # --------------------------------------------------------------------------------------------- the report
@@ -235,13 +237,8 @@ def analyze_source(
         prune = sap_prune_count(everything.pqi(), everything.alive, p, q)
         if all_half:
             _split_by_histograms(layers, prune)
-        elif held is not None:
-            _split_in_memory(layers, held, prune)
         else:
-            raise ValueError(
-                f"{source.what}: the global scope's per-layer split over more than {exact_limit:,} float32/64 weights "
-                "is not available yet; use --scope layer or neuron"
-            )
+            _split_streamed(source, layers, prune)
     exact_global = all_half or held is not None
     everything.kept = sum(layer.kept for layer in layers)
     report: Report = {"global": {**_row(GLOBAL, everything, global_gini), "gini_exact": exact_global}, "layers": []}
@@ -264,10 +261,6 @@ def _exact_gini(held: Mapping[str, tuple[Tensor, Tensor | None]]) -> float:
     wide = torch.float64 if any(w.dtype == torch.float64 for w, _ in held.values()) else torch.float32
     survivors = [(w if m is None else w[m]).reshape(-1).to(wide) for w, m in held.values()]
     return cast(float, gini(torch.cat(survivors)))
-
-
-def _masks_of(held: Mapping[str, tuple[Tensor, Tensor | None]]) -> dict[str, Tensor]:
-    return {n: m for n, (_, m) in held.items() if m is not None}
 
 
 def _group_rows(

@@ -42,6 +42,7 @@ from pqprune.export.sparse import SPARSE_FORMAT, SPARSE_FORMAT_VERSION, decode_e
 from pqprune.files import FileFormatError, check_format
 from pqprune.measure.weights import MEASURED_DTYPES, check_mask, prunable_by_default
 from pqprune.prune.masks import MASK_FORMAT, MASK_FORMAT_VERSION
+from pqprune.prune.methods.base import WeightsOnDemand
 
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -119,6 +120,53 @@ class Source:
         state = {n: self.read(n) for n in names}
         masks = {n: m for n in names if (m := self.mask(n)) is not None}
         return state, masks
+
+
+# --------------------------------------------------------------------------------------------- on demand
+class SourceWeights(WeightsOnDemand):
+    """The tensors ``names`` of a source, read when looked up; the last two read are kept for the next lookups (the
+    streaming selection reads one tensor ahead of the mask it hands out)."""
+
+    def __init__(self, source: Source, names: Sequence[str]) -> None:
+        self.source, self.names = source, list(names)
+        self.shapes = {n: torch.Size(source.infos[n].shape) for n in self.names}
+        self._recent: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.shapes:
+            raise KeyError(name)
+        if name not in self._recent:
+            if len(self._recent) >= 2:
+                del self._recent[next(iter(self._recent))]
+            self._recent[name] = self.source.read(name)
+        return self._recent[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class SourceMasks(Mapping[str, "Tensor | None"]):
+    """The source's masks of ``names`` (None where a tensor has none), read when looked up."""
+
+    def __init__(self, source: Source, names: Sequence[str]) -> None:
+        self.source, self.names = source, [n for n in names if n in source.mask_readers]
+        self._last: tuple[str, Tensor | None] | None = None
+
+    def __getitem__(self, name: str) -> Tensor | None:
+        if name not in self.names:
+            raise KeyError(name)
+        if self._last is None or self._last[0] != name:
+            self._last = (name, self.source.mask(name))
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 # --------------------------------------------------------------------------------------------- building sources
