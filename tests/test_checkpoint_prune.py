@@ -147,3 +147,21 @@ def test_prune_errors(tmp_path):
         err = fails("--method", method, "--out", str(out), "--sparse-out", str(tmp_path / "s.safetensors"))
         assert f"tensor {name!r} has NaN or infinite surviving entries" in err and str(path) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # nothing half-written
+
+
+def test_export_sparse_streams_a_sharded_checkpoint_and_a_run_folder(tmp_path):
+    state = transformer_state(torch.bfloat16)
+    name = "model.layers.1.mlp.up_proj.weight"
+    state[name][state[name].abs() < 0.1] = 0  # pruned elsewhere: its zeros are its masks
+    index = write_sharded(tmp_path / "hf", state)
+    out = tmp_path / "sparse.safetensors"
+    res = runner.invoke(app, ["export", str(tmp_path / "hf"), "--format", "sparse", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "zeros taken as pruned" in res.output and index.exists()
+    back = load_sparse(out)
+    assert all(torch.equal(back[n], t) for n, t in state.items())
+    folder, weights, masks = fabricate_run(tmp_path / "runs")
+    res = runner.invoke(app, ["export", str(folder), "--round", "0", "--format", "sparse", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    back = load_sparse(out)
+    assert all(torch.equal(back[n], t) for n, t in apply_masks(weights[0], masks[0]).items())

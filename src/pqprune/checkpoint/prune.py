@@ -12,18 +12,16 @@ time as pqprune's mask file and, optionally, as a sparse export of the whole che
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from pqprune.checkpoint.sources import Source, SourceMasks, SourceWeights
-from pqprune.checkpoint.writer import SafetensorsWriter, header_bound, safetensors_writer
-from pqprune.export.sparse import SPARSE_FORMAT, SPARSE_FORMAT_VERSION, encode_tensor
+from pqprune.checkpoint.sparse_stream import check_finite, sparse_export
+from pqprune.checkpoint.writer import header_bound, safetensors_writer
 from pqprune.files import FileFormatError, format_stamp
 from pqprune.measure.weights import GLOBAL, Scope
 from pqprune.prune.masks import MASK_FORMAT, MASK_FORMAT_VERSION
@@ -71,21 +69,6 @@ def _keep_masks(
         yield ~chosen if a is None else a & ~chosen
 
 
-def _sparse_reserve(source: Source) -> int:
-    """Header space of a sparse export of ``source``: each tensor as a dense entry or as up to three 1-D parts,
-    and the metadata listing every tensor with the longest encoding and dtype names."""
-    parts = [(f"{n}::indices", 1) for n in source.infos for _ in range(3)]
-    dense = [(n, len(i.shape)) for n, i in source.infos.items()]
-    worst = [[n, {"encoding": "bitmask", "shape": list(i.shape), "dtype": "bfloat16"}] for n, i in source.infos.items()]
-    meta = {**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(worst)}
-    return header_bound([*parts, *dense], meta)
-
-
-def _check_finite(what: str, name: str, w: Tensor, keep: Tensor | None) -> None:
-    if w.is_floating_point() and not bool(torch.isfinite(w if keep is None else w[keep]).all()):
-        raise FileFormatError(f"{what}: tensor {name!r} has NaN or infinite surviving entries")
-
-
 def prune_source(
     source: Source,
     names: Sequence[str],
@@ -117,15 +100,12 @@ def prune_source(
         masks_w = stack.enter_context(
             safetensors_writer(out, header_bound([(n, len(weights.shapes[n])) for n in names], mask_meta))
         )
-        sparse_w = None
-        if sparse_out is not None:
-            sparse_w = stack.enter_context(safetensors_writer(sparse_out, _sparse_reserve(source)))
-        entries: list[list[Any]] = []
+        sparse = None if sparse_out is None else stack.enter_context(sparse_export(sparse_out, source))
         keeps = _keep_masks(weights, alive, plan.counts, plan.scores, scope)
-        for name in source.infos if sparse_w is not None else names:
+        for name in source.infos if sparse is not None else names:
             keep = next(keeps) if name in selected else source.mask(name)
             w = weights[name] if name in selected else source.read(name)
-            _check_finite(source.what, name, w, keep)
+            check_finite(source.what, name, w, keep)
             if name in selected:
                 assert keep is not None
                 masks_w.add(name, keep)
@@ -133,22 +113,9 @@ def prune_source(
                 result.tensors.append(
                     (name, w.numel(), w.numel() if before is None else int(before.sum()), int(keep.sum()))
                 )
-            if sparse_w is not None:
-                entries.append(_write_sparse(sparse_w, name, w, keep))
+            if sparse is not None:
+                sparse.add(name, w, keep)
         masks_w.finish(mask_meta)
-        if sparse_w is not None:
-            if all(kept == numel for _, numel, _, kept in result.tensors):
-                raise ValueError("nothing is pruned: every mask keeps every entry; no sparse export written")
-            sparse_w.finish({**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(entries)})
+        if sparse is not None:
+            sparse.finish()
     return result
-
-
-def _write_sparse(writer: SafetensorsWriter, name: str, w: Tensor, keep: Tensor | None) -> list[Any]:
-    """One tensor of a sparse export (the smallest encoding when masked, else dense); its metadata entry."""
-    if "::" in name:
-        raise ValueError(f"tensor {name!r} contains '::', which the sparse format reserves")
-    w = w.detach().to("cpu")
-    enc, parts = encode_tensor(w, keep) if keep is not None else ("dense", {"": w})
-    for part, tensor in parts.items():
-        writer.add(f"{name}::{part}" if part else name, tensor)
-    return [name, {"encoding": enc, "shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch.")}]

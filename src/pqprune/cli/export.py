@@ -23,18 +23,6 @@ from pqprune.cli.tables import _metrics_table
 # --------------------------------------------------------------------------------------------- export
 
 
-def check_finite(what: str, state: dict, masks: dict) -> None:
-    """Refuse NaN or infinite surviving weights: exported, they would make every output NaN."""
-    import torch
-
-    for name, t in state.items():
-        if t.is_floating_point():
-            m = masks.get(name)
-            alive = t if m is None else t[m]
-            if not bool(torch.isfinite(alive).all()):
-                raise ValueError(f"{what}: tensor {name!r} has NaN or infinite surviving entries")
-
-
 @app.command("export")
 def export_command(
     source: str = typer.Argument(..., help=SOURCE_HELP + " Without masks, a plain checkpoint's zeros are pruned."),
@@ -61,9 +49,7 @@ def export_command(
     """Write a pruned model compactly (sparse) or physically smaller (shrunk); print its metrics before and after."""
     import os
 
-    import torch
-
-    from pqprune import export
+    from pqprune.checkpoint.sparse_stream import export_sparse
     from pqprune.files import FileFormatError
 
     if fmt not in ("sparse", "shrunk"):
@@ -72,29 +58,16 @@ def export_command(
     src = open_checkpoint(source, round_, masks)
     check_out(out, src.inputs, (".safetensors",), f"a safetensors file (pqprune's {fmt} export)")
     names = selected_names(src, include, exclude)
+    what = src.what + ("" if src.masks_from is not None else " (no masks: zeros taken as pruned)")
     try:
-        state, mask_map = src.load()
-        what = src.what
-        if src.masks_from is None:  # a state dict pruned elsewhere: its exact zeros are its masks
-            mask_map = {n: state[n] != 0 for n in names}
-            what += " (no masks: zeros taken as pruned)"
-        mask_map = {n: m.to(torch.bool) for n, m in mask_map.items()}
-        export.check_pruned(mask_map)
-        check_finite(src.what, state, mask_map)
-        net = None
-        if fmt == "shrunk" or model is not None:
-            net, shape = _export_model(state, src.settings, model, data, shape, num_classes, model_option)
-        before = export.model_metrics(net if net is not None else state, mask_map, shape)
-        if fmt == "sparse":
+        if fmt == "sparse" and model is None:  # tensor by tensor: checkpoints of any size
             with writing(out):
-                export.save_sparse(state, mask_map, out)
+                before = export_sparse(src, names, out, zeros_as_masks=src.masks_from is None).result(
+                    chain=shape is not None
+                )
             after = dict(before)
-        else:
-            assert net is not None  # built above for the shrunk format
-            small = export.shrink(net, mask_map)
-            with writing(out):
-                export.save_shrunk(small, out)
-            after = export.model_metrics(small, None, shape)
+        else:  # a model is built: the checkpoint is loaded whole
+            before, after = _export_model_whole(src, names, fmt, out, model, data, shape, num_classes, model_option)
     except (FileFormatError, ValueError, TypeError, *_input_errors()) as err:
         fail(str(err))
     after["file_bytes"] = os.path.getsize(out)
@@ -108,3 +81,29 @@ def export_command(
         + ("" if fmt == "shrunk" else "; load it with pqprune.export.load_sparse"),
         highlight=False,
     )
+
+
+def _export_model_whole(src, names, fmt, out, model, data, shape, num_classes, model_option) -> tuple[dict, dict]:
+    """Export through the model the weights belong to (shrunk, or FLOPs of the real layers): metrics before/after."""
+    import torch
+
+    from pqprune import export
+    from pqprune.checkpoint.sparse_stream import check_finite
+
+    state, mask_map = src.load()
+    if src.masks_from is None:  # a state dict pruned elsewhere: its exact zeros are its masks
+        mask_map = {n: state[n] != 0 for n in names}
+    mask_map = {n: m.to(torch.bool) for n, m in mask_map.items()}
+    export.check_pruned(mask_map)
+    for name, t in state.items():
+        check_finite(src.what, name, t, mask_map.get(name))
+    net, shape = _export_model(state, src.settings, model, data, shape, num_classes, model_option)
+    before = export.model_metrics(net, mask_map, shape)
+    if fmt == "sparse":
+        with writing(out):
+            export.save_sparse(state, mask_map, out)
+        return before, dict(before)
+    small = export.shrink(net, mask_map)
+    with writing(out):
+        export.save_shrunk(small, out)
+    return before, export.model_metrics(small, None, shape)
