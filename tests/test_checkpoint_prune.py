@@ -157,7 +157,7 @@ def test_export_sparse_streams_a_sharded_checkpoint_and_a_run_folder(tmp_path):
     out = tmp_path / "sparse.safetensors"
     res = runner.invoke(app, ["export", str(tmp_path / "hf"), "--format", "sparse", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "zeros taken as pruned" in res.output and index.exists()
+    assert index.exists()
     back = load_sparse(out)
     assert all(torch.equal(back[n], t) for n, t in state.items())
     folder, weights, masks = fabricate_run(tmp_path / "runs")
