@@ -21,7 +21,7 @@ from pqprune.cli.app import app
 
 runner = CliRunner()
 LAYER_KEYS = {"name", "shape", "numel", "density", "pqi", "gini", "sap_keep_fraction"}
-GLOBAL_KEYS = {"numel", "density", "pqi", "gini", "sap_keep_fraction"}
+GLOBAL_KEYS = {"numel", "density", "pqi", "gini", "sap_keep_fraction", "gini_exact"}
 
 
 def _model() -> nn.Module:

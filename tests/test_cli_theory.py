@@ -158,4 +158,4 @@ def test_bound_of_a_run_folder_counts_its_survivors(tmp_path):
     assert f"run {settings.run_id()}, round 1" in r.output and "how to read it: keeping" in r.output
     assert "no more than deleting the neuron" in r.output  # ε = 1 relative: a tolerance as large as the trivial one
     r = runner.invoke(app, ["bound", "--checkpoint", str(tmp_path / "runs"), "--eps", "1"])
-    assert r.exit_code == 2 and "not a run directory" in r.stderr
+    assert r.exit_code == 2 and "a folder with no weights" in r.stderr

@@ -1,5 +1,5 @@
 """Every file and folder pqprune writes follows the user's umask (a results folder shared on a cluster stays
-readable, or group-writable with umask 002): run folders, checkpoints, the lock, the database and its WAL files,
+readable, or group-writable with umask 002): run folders, checkpoints, the database and its WAL files,
 mask files, exports, the report and the theory study's outputs."""
 
 from __future__ import annotations
@@ -73,6 +73,6 @@ def test_everything_written_follows_the_umask(tmp_path: Path, umask: int) -> Non
     # what the check covered: every kind of file and folder named in the module docstring
     names = {Path(p).name for p in modes}
     assert {"shared", "results", "runs", run_dir.name, "exports", "report", "theory", "masks"} <= names
-    assert {"settings.json", "initial.safetensors", "round_001.json", "round_001.safetensors", ".lock"} <= names
+    assert {"settings.json", "initial.safetensors", "round_001.json", "round_001.safetensors"} <= names
     assert {"db.sqlite", "model.sparse.safetensors", "model.shrunk.safetensors", "index.html", "m.safetensors"} <= names
     assert {"theory_mc.json", "theory.db"} <= names and any(n.endswith(".png") for n in names)

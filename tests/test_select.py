@@ -215,3 +215,15 @@ def test_global_nan_scores_fail_clearly():
         smallest_global({"s": torch.tensor([1.0, 0.5]).neg().sqrt().neg()}, 1)
     with pytest.raises(ValueError, match="one dtype"):
         smallest_global({"a": torch.ones(3), "b": torch.ones(3, dtype=torch.float64)}, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_global_selection_of_16_bit_weights(dtype):
+    # Scores of 16-bit weights are widened to float32 (exactly): the same selection as of the widened weights.
+    g = torch.Generator().manual_seed(0)
+    w = {n: torch.randn(s, generator=g).to(dtype) for n, s in (("a", (40, 30)), ("b", (25, 50)))}
+    alive = {"b": torch.rand((25, 50), generator=g) < 0.7}
+    out = select_prune(magnitude_scores(w), {"global": 900}, "global", alive)
+    ref = select_prune({n: t.float().abs() for n, t in w.items()}, {"global": 900}, "global", alive)
+    assert all(torch.equal(out[n], ref[n]) for n in w)
+    assert sum(int(m.sum()) for m in out.values()) == 900

@@ -7,13 +7,14 @@ crash or Ctrl-C leaves either the old file or the new one, never half of one. Pi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import pickle
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,10 @@ def follow_umask(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; on leaving the block it is fsynced and renamed over ``path``, or
+    removed if the block raised (a crash leaves the old file or the new one, never half of one).
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the
     private ``0o600`` of a temporary file, so a results folder shared on a cluster stays readable.
@@ -89,7 +92,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
+        yield tmp
         follow_umask(tmp)  # after writing: a writer may replace the file (safetensors does, as 0600)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -97,7 +100,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it over ``path``
+    (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def save_tensors(

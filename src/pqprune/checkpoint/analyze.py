@@ -1,27 +1,135 @@
-"""The compressibility report of a checkpoint (``pqprune analyze``): per layer and for the whole model, density,
-PQ Index, Gini and the fraction SAP would keep now, optionally per-neuron PQI summaries and model metrics.
+"""The compressibility report of a checkpoint (``pqprune analyze``): per layer, per role and for the whole model,
+density, PQ Index, Gini and the fraction SAP would keep now, optionally per-neuron PQI summaries and model metrics.
+
+The report is built tensor by tensor from a :class:`~pqprune.checkpoint.sources.Source`, so a sharded checkpoint
+is measured without holding more than one tensor: survivor counts and power sums add up over tensors (the global
+PQ Index needs no concatenation), and the Gini index comes from magnitude histograms that add up as well
+(:mod:`pqprune.measure.histogram`: exact for float16/bfloat16 weights). Float32/64 tensors get their exact layer
+Gini from a sort; their global (and per-role) Gini is exact up to :data:`EXACT_LIMIT` weights, which are then
+kept in memory, and binned above it (low by at most 2^-14; ``gini_exact`` says which). At global scope the
+per-layer split of SAP's count is the engine's exact selection: from the 16-bit histograms, else by the streaming
+selection over the tensors read again.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import finite_or_none
-from pqprune.measure.gini_index import gini_layers_and_global
+from pqprune.checkpoint.sources import Source, SourceMasks, SourceWeights, memory_source
+from pqprune.export.metrics import MetricsTally, model_metrics
+from pqprune.files import FileFormatError, finite_or_none
+from pqprune.measure.gini_index import gini
+from pqprune.measure.histogram import HALF_DTYPES, Histogram, half_histogram, half_keys, key_histogram
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
-from pqprune.measure.sums import RowStats, map_units, power_sums, reduce_scope
+from pqprune.measure.sums import power_sums_of
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
-from pqprune.prune.select import magnitude_scores, select_keep
+from pqprune.prune.select import global_masks, magnitude_scores, score_stream
 
 Report = dict[str, Any]
 
 FIELDS = ("name", "shape", "numel", "density", "pqi", "gini", "sap_keep_fraction")
 """Columns of a layer row, in order (``neuron_pqi`` follows at neuron scope)."""
+EXACT_LIMIT = 1 << 25
+"""Float32/64 weights up to this many are kept in memory for an exact global Gini index (128 MB of float32)."""
+GROUP_BY = ("suffix",)
+
+
+def role(name: str) -> str:
+    """What a tensor is across layers: its name after the last numeric component (``model.layers.3.mlp.down_proj
+    .weight`` → ``mlp.down_proj.weight``); a name without one is its own role (``lm_head.weight``)."""
+    parts = name.split(".")
+    last = max((i for i, part in enumerate(parts) if part.isdigit()), default=-1)
+    return ".".join(parts[last + 1 :]) or name
+
+
+@dataclass
+class _Pool:
+    """Survivors, power sums and a magnitude histogram of some tensors together (the model, or one role)."""
+
+    p: float
+    q: float
+    numel: int = 0
+    alive: int = 0
+    kept: int = 0
+    sum_p: float = 0.0
+    sum_q: float = 0.0
+    hist: Histogram | None = None  # made on the first add (2^20 bins): rows of single layers need none
+
+    def add(self, layer: _Layer) -> None:
+        self.numel += layer.numel
+        self.alive += layer.alive
+        self.sum_p += layer.sum_p
+        self.sum_q += layer.sum_q
+        if self.hist is None:
+            self.hist = Histogram.empty_keys()
+        if layer.half is not None:
+            self.hist.add_half(layer.half, layer.dtype)
+        else:
+            assert layer.keys is not None
+            self.hist.add_keys(*layer.keys, exact=False)
+
+    def gini(self) -> float:
+        return self.hist.gini() if self.hist is not None else math.nan
+
+    def pqi(self) -> float:
+        return _pqi(self.alive, self.sum_p, self.sum_q, self.p, self.q)
+
+
+@dataclass
+class _Layer:
+    """What is kept of one tensor once it has been read."""
+
+    name: str
+    shape: list[int]
+    dtype: torch.dtype
+    numel: int
+    alive: int
+    sum_p: float
+    sum_q: float
+    gini: float
+    half: Tensor | None = None  # its half_histogram (float16/bfloat16)
+    keys: tuple[Tensor, Tensor] | None = None  # its key_histogram (float32/64), dropped once pooled
+    neuron_pqi: Tensor | None = None
+    kept: int = 0
+
+
+def _pqi(count: float, sum_p: float, sum_q: float, p: float, q: float) -> float:
+    def t(x: float) -> Tensor:
+        return torch.tensor([float(x)], dtype=torch.float64)
+
+    return float(pq_from_sums(t(count), t(sum_p), t(sum_q), p, q)[0])
+
+
+def _read_layer(name: str, w: Tensor, m: Tensor | None, p: float, q: float, scope: Scope) -> _Layer:
+    """One tensor's counts, sums, Gini and (neuron scope) per-row PQI and SAP counts; one read of it per measure."""
+    alive = w.numel() if m is None else int(torch.count_nonzero(m))
+    layer = _Layer(name, list(w.shape), w.dtype, w.numel(), alive, 0.0, 0.0, math.nan)
+    rows = (
+        power_sums_of({name: w}, (p, q), {name: m})[name] if scope == "neuron" or w.dtype not in HALF_DTYPES else None
+    )
+    if w.dtype in HALF_DTYPES:
+        layer.half = half_histogram(w, m, name)
+        hist = Histogram.of_half(layer.half, w.dtype)
+        layer.sum_p, layer.sum_q, layer.gini = hist.power_sum(p), hist.power_sum(q), hist.gini()
+    else:
+        assert rows is not None
+        layer.sum_p, layer.sum_q = float(rows.sums[p].sum()), float(rows.sums[q].sum())
+        layer.gini = cast(float, gini(w, "global", m))
+        layer.keys = key_histogram(w, m, name)
+    if scope == "neuron":
+        assert rows is not None
+        layer.neuron_pqi = pq_from_sums(rows.count, rows.sums[p], rows.sums[q], p, q)
+        layer.kept = alive - int(sap_prune_count(layer.neuron_pqi, rows.count, p, q).sum())
+    elif scope == "layer":
+        layer.kept = alive - sap_prune_count(_pqi(alive, layer.sum_p, layer.sum_q, p, q), alive, p, q)
+    return layer
 
 
 def _neuron_summary(values: Tensor) -> dict[str, float | None]:
@@ -33,20 +141,144 @@ def _neuron_summary(values: Tensor) -> dict[str, float | None]:
     return {"min": float(v.min()), "median": float(np.median(v.cpu().numpy())), "max": float(v.max())}
 
 
-def _global_keep(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None], prune: int) -> dict[str, int]:
-    """Per-tensor count of survivors kept when the ``prune`` smallest-magnitude survivors of the model go.
+# --------------------------------------------------------------------------------------------- global scope split
+def _split_by_histograms(layers: Sequence[_Layer], prune: int) -> None:
+    """Survivors kept per layer when the ``prune`` smallest magnitudes of all layers go (ties by flat index of the
+    concatenation, as the engine's selection), from the layers' exact 16-bit histograms."""
+    everything = Histogram.empty_keys()
+    for layer in layers:
+        assert layer.half is not None
+        everything.add_half(layer.half, layer.dtype)
+    cum = torch.cumsum(everything.counts, 0)
+    bound = int(torch.searchsorted(cum, torch.tensor([prune]))[0]) if prune else -1  # the key of the last one pruned
+    need = prune - (int(cum[bound - 1]) if bound > 0 else 0)
+    for layer in layers:
+        assert layer.half is not None
+        keys = half_keys(layer.dtype)
+        below = int(layer.half[keys < bound].sum())
+        ties = int(layer.half[keys == bound].sum())
+        take = min(need, ties)
+        need -= take
+        layer.kept = layer.alive - below - take
 
-    Uses the engine's exact-k selection (ties by flat index of the concatenation), so the per-layer split is
-    the one SAP at global scope would make.
-    """
-    if prune == 0:
-        return {n: _survivors(w, masks.get(n)) for n, w in weights.items()}
-    keep = select_keep(magnitude_scores(weights), {GLOBAL: prune}, "global", alive=masks)
-    return {n: int(torch.count_nonzero(keep[n])) for n in weights}
+
+def _split_streamed(source: Source, layers: Sequence[_Layer], prune: int) -> None:
+    """The same split by the engine's streaming exact-k selection, reading the tensors again (a few passes)."""
+    names = [layer.name for layer in layers]
+    stream, score = score_stream(magnitude_scores(SourceWeights(source, names)), SourceMasks(source, names), names)
+    for layer, keep in zip(layers, global_masks(stream, prune, score)):
+        layer.kept = int(torch.count_nonzero(keep))
 
 
-def _survivors(w: Tensor, m: Tensor | None) -> int:
-    return w.numel() if m is None else int(m.sum())
+# --------------------------------------------------------------------------------------------- the report
+def _row(name: str, pool: _Pool, gini_value: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        **(extra or {}),
+        "numel": pool.numel,
+        "density": pool.alive / pool.numel if pool.numel else None,
+        "pqi": finite_or_none(pool.pqi()),
+        "gini": finite_or_none(gini_value),
+        "sap_keep_fraction": pool.kept / pool.alive if pool.alive > 0 else None,
+    }
+
+
+def analyze_source(
+    source: Source,
+    names: Sequence[str] | None = None,
+    p: float = 0.5,
+    q: float = 1.0,
+    scope: Scope = "layer",
+    group_by: str | None = None,
+    metrics: bool = False,
+    chain_flops: bool = False,
+    exact_limit: int = EXACT_LIMIT,
+) -> Report:
+    """The report of :func:`analyze` for the tensors ``names`` of ``source`` (default: ``source.select()``), read one
+    at a time. ``group_by="suffix"`` adds ``"groups"``: one row per :func:`role` across layers. ``metrics`` adds the
+    record of :func:`pqprune.export.model_metrics` over every tensor of the source, in the same pass
+    (``chain_flops``: with the FLOPs of a chain of 2-D weights)."""
+    check_pq(p, q)
+    check_scope(scope)
+    if group_by is not None and group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
+    names = source.select() if names is None else list(names)
+    layers: list[_Layer] = []
+    # Every tensor read is also kept (a reference: no copy) until more than exact_limit weights have been read:
+    # small float32/64 models get their exact global Gini and split from the engine's functions over all of them.
+    held: dict[str, tuple[Tensor, Tensor | None]] | None = {}
+    held_numel = 0
+    everything = _Pool(p, q)
+    groups: dict[str, tuple[_Pool, list[_Layer]]] = {}
+    tally = MetricsTally() if metrics else None
+    selected = set(names)
+    for name, w, m in source.stream(list(source.infos) if metrics else names):
+        if tally is not None:
+            tally.add(name, w, m)
+        if name not in selected:
+            continue
+        try:
+            layer = _read_layer(name, w, m, p, q, scope)
+        except ValueError as err:
+            raise FileFormatError(f"{source.what}: {err}") from err
+        held_numel += w.numel()
+        held = None if held is None or held_numel > exact_limit else {**held, name: (w, m)}
+        everything.add(layer)
+        if group_by is not None:
+            pool, members = groups.setdefault(role(name), (_Pool(p, q), []))
+            pool.add(layer)
+            members.append(layer)
+        layer.keys = None  # pooled: the binned histogram is not needed any more
+        layers.append(layer)
+        del w, m
+    all_half = all(layer.half is not None for layer in layers)
+    global_gini = everything.gini() if all_half or held is None else _exact_gini(held)
+    if scope == "global":
+        prune = sap_prune_count(everything.pqi(), everything.alive, p, q)
+        if all_half:
+            _split_by_histograms(layers, prune)
+        else:
+            _split_streamed(source, layers, prune)
+    exact_global = all_half or held is not None
+    everything.kept = sum(layer.kept for layer in layers)
+    report: Report = {"global": {**_row(GLOBAL, everything, global_gini), "gini_exact": exact_global}, "layers": []}
+    del report["global"]["name"]
+    for layer in layers:
+        pool = _Pool(p, q, layer.numel, layer.alive, layer.kept, layer.sum_p, layer.sum_q)
+        row = _row(layer.name, pool, layer.gini, {"shape": layer.shape})
+        if layer.neuron_pqi is not None:
+            row["neuron_pqi"] = _neuron_summary(layer.neuron_pqi)
+        report["layers"].append(row)
+    if group_by is not None:
+        report["groups"] = _group_rows(groups, held)
+    if tally is not None:
+        report["metrics"] = tally.result(chain=chain_flops)
+    return report
+
+
+def _exact_gini(held: Mapping[str, tuple[Tensor, Tensor | None]]) -> float:
+    """The Gini index of the survivors of all ``held`` tensors together (order does not matter: one sort)."""
+    wide = torch.float64 if any(w.dtype == torch.float64 for w, _ in held.values()) else torch.float32
+    survivors = [(w if m is None else w[m]).reshape(-1).to(wide) for w, m in held.values()]
+    return cast(float, gini(torch.cat(survivors)))
+
+
+def _group_rows(
+    groups: Mapping[str, tuple[_Pool, list[_Layer]]], held: Mapping[str, tuple[Tensor, Tensor | None]] | None
+) -> list[dict[str, Any]]:
+    """One row per role, its layers pooled; the Gini index exact from held weights or 16-bit histograms."""
+    rows = []
+    for name, (pool, members) in groups.items():
+        pool.kept = sum(layer.kept for layer in members)
+        exact = all(layer.half is not None for layer in members)
+        if exact or held is None:
+            value = pool.gini()
+        else:
+            mine = {layer.name: held[layer.name] for layer in members}
+            value = _exact_gini(mine)
+            exact = True
+        rows.append({**_row(name, pool, value), "layers": len(members), "gini_exact": exact})
+    return rows
 
 
 def analyze(
@@ -69,67 +301,14 @@ def analyze(
     (η=0, γ=1, β=0.9) would keep if it pruned now with units of ``scope``: ``Σ(d − c)/Σ d`` over the units
     inside the layer (or the model). At ``scope="global"`` the per-layer split follows the exact global
     selection. At ``scope="neuron"`` each layer also gets ``neuron_pqi`` = min / median / max over its rows.
-    Degenerate units (no survivors, or all survivors zero) give None (NaN) for their index.
+    Degenerate units (no survivors, or all survivors zero) give None (NaN) for their index. ``global`` also says
+    whether its Gini index is exact (``gini_exact``). Checkpoint files: :func:`analyze_source`.
     """
     check_pq(p, q)
     check_scope(scope)
     weights = named_weights(obj)
     matched = check_masks(weights, masks)
-    rows = power_sums(weights, (p, q), matched)  # the one read of the weights
-    layer_units = reduce_scope(rows, "layer")
-    global_unit = reduce_scope(rows, "global")[GLOBAL]
-
-    def pqi(u: RowStats) -> Tensor:
-        return pq_from_sums(u.count, u.sums[p], u.sums[q], p, q)
-
-    layer_pqi = {n: float(v[0]) for n, v in map_units(layer_units, pqi).items()}
-    global_pqi = float(pqi(global_unit)[0])
-    layer_gini, global_gini = gini_layers_and_global(weights, {n: m for n, m in matched.items() if m is not None})
-
-    survivors = {n: _survivors(w, matched[n]) for n, w in weights.items()}
-    neuron_pqi: dict[str, Tensor] = {}
-    if scope == "global":
-        c = sap_prune_count(global_pqi, int(global_unit.count[0]), p, q)
-        kept = _global_keep(weights, matched, c)
-    elif scope == "layer":
-        kept = {n: survivors[n] - int(sap_prune_count(layer_pqi[n], survivors[n], p, q)) for n in weights}
-    else:
-        kept = {}
-        for n, u in rows.items():
-            neuron_pqi[n] = pqi(u)
-            kept[n] = survivors[n] - int(sap_prune_count(neuron_pqi[n], u.count, p, q).sum())
-
-    def keep_fraction(kept_n: int, alive_n: int) -> float | None:
-        return kept_n / alive_n if alive_n > 0 else None
-
-    layers = []
-    for n, w in weights.items():
-        row: dict[str, Any] = {
-            "name": n,
-            "shape": list(w.shape),
-            "numel": w.numel(),
-            "density": survivors[n] / w.numel() if w.numel() else None,
-            "pqi": finite_or_none(layer_pqi[n]),
-            "gini": finite_or_none(layer_gini[n]),
-            "sap_keep_fraction": keep_fraction(kept[n], survivors[n]),
-        }
-        if scope == "neuron":
-            row["neuron_pqi"] = _neuron_summary(neuron_pqi[n])
-        layers.append(row)
-    numel = sum(w.numel() for w in weights.values())
-    alive = sum(survivors.values())
-    report: Report = {
-        "global": {
-            "numel": numel,
-            "density": alive / numel if numel else None,
-            "pqi": finite_or_none(global_pqi),
-            "gini": finite_or_none(global_gini),
-            "sap_keep_fraction": keep_fraction(sum(kept.values()), alive),
-        },
-        "layers": layers,
-    }
+    report = analyze_source(memory_source(weights, matched), list(weights), p, q, scope)
     if (metrics or input_shape is not None) and not isinstance(obj, Tensor):
-        from pqprune.export.metrics import model_metrics
-
         report["metrics"] = model_metrics(obj, masks, input_shape)
     return report

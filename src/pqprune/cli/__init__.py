@@ -2,7 +2,7 @@
 error (bad file, bad argument) into one line on stderr and exit code 2.
 """
 
-from pqprune.cli import analyze, export, methods, report, runs, theory  # noqa: F401  (each module adds its commands)
+from pqprune.cli import analyze, export, methods, prune, report, runs, theory  # noqa: F401  (each module adds its commands)
 from pqprune.cli.app import app, main
 
 __all__ = ["app", "main"]

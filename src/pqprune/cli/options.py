@@ -33,7 +33,6 @@ def _param(name: str, kind: type, help_text: str, as_lists: bool, panel: str | N
 def _setting_params(as_lists: bool) -> list[inspect.Parameter]:
     """One parameter per run setting, then one per method option (help says which methods take it)."""
     from pqprune.experiment.settings import HELP, RunSettings
-    from pqprune.prune.methods.registry import option_help, option_names, shared_option
 
     defaults = RunSettings.defaults()
     params = [
@@ -41,6 +40,14 @@ def _setting_params(as_lists: bool) -> list[inspect.Parameter]:
         for name in RunSettings.names()
         if name not in _DICT_SETTINGS
     ]
+    return params + _method_params(as_lists)
+
+
+def _method_params(as_lists: bool) -> list[inspect.Parameter]:
+    """One parameter per option of a registered method (help says which methods take it)."""
+    from pqprune.prune.methods.registry import option_help, option_names, shared_option
+
+    params = []
     for name in option_names():
         opt = shared_option(name)
         assert opt is not None
@@ -48,12 +55,16 @@ def _setting_params(as_lists: bool) -> list[inspect.Parameter]:
     return params
 
 
-def _with_settings(as_lists: bool):
-    """Decorator: append one option per setting to a command's signature; they arrive as ``settings=dict``."""
+def _with_settings(as_lists: bool, methods_only: bool = False):
+    """Decorator: append one option per setting (``methods_only``: per method option) to a command's signature;
+    they arrive as ``settings=dict`` (those given)."""
     import functools
 
+    def params() -> list[inspect.Parameter]:
+        return _method_params(as_lists) if methods_only else _setting_params(as_lists)
+
     def deco(fn):
-        names = {p.name for p in _setting_params(as_lists)}
+        names = {p.name for p in params()}
 
         @functools.wraps(fn)
         def wrapper(**kw):
@@ -62,7 +73,7 @@ def _with_settings(as_lists: bool):
 
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "settings"]
         wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _setting_params(as_lists)
+            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + params()
         )
         del wrapper.__wrapped__  # typer must see the new signature, not the original's
         return wrapper

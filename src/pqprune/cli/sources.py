@@ -2,21 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from pqprune.cli.app import _parse_kv, fail
 
+# Options every command reading a checkpoint takes, with the same names and help.
+SOURCE_HELP = (
+    "A checkpoint: a .safetensors / torch.save file (kind read from the content), a Hugging Face folder of shards or "
+    "its *.index.json, a pqprune run folder (its masks applied), or a pqprune sparse/shrunk export."
+)
+ROUND_HELP = "Round of a run folder (default: its last finished round that kept its tensors)."
+MASKS_HELP = "Masks of a plain checkpoint: pqprune's mask file, or safetensors/.pt of bool or 0/1 tensors by name."
+INCLUDE_HELP = (
+    "Measure/prune the tensors whose names match this glob (repeatable), instead of the default: floating "
+    "'*weight' tensors with 2+ dims, embedding tables ('*embed*', GPT-2's wte/wpe) left out."
+)
+EXCLUDE_HELP = "Leave out the tensors whose names match this glob (repeatable), e.g. 'lm_head.*'."
 
-def _load_masks_file(path: str) -> dict:
-    """Masks in the engine's format (pqprune.prune.masks) or a plain safetensors of bool / 0-1 uint8 tensors."""
-    from pqprune.files import FileFormatError, load_state_dict, read_safetensors_metadata
-    from pqprune.measure.weights import check_mask
-    from pqprune.prune import masks as engine_masks
 
-    if path.endswith(".safetensors") and read_safetensors_metadata(path).get("format") == engine_masks.MASK_FORMAT:
-        return dict(engine_masks.load_masks(path))
+def open_checkpoint(path: str, round_: int | None = None, masks: str | None = None):
+    """The :class:`pqprune.checkpoint.sources.Source` at ``path``; any error is one line and exit code 2."""
+    from pqprune.checkpoint.sources import open_source
+    from pqprune.files import FileFormatError
+
     try:
-        return {name: check_mask(name, m, source=path, allow_01=True) for name, m in load_state_dict(path).items()}
+        return open_source(path, round_, masks)
+    except FileFormatError as err:
+        fail(str(err))
+
+
+def selected_names(source, include: list[str] | None, exclude: list[str] | None) -> list[str]:
+    """``source.select(include, exclude)``; an error is one line and exit code 2."""
+    try:
+        return source.select(include or None, exclude or None)
     except ValueError as err:
-        raise FileFormatError(str(err)) from err
+        fail(str(err))
+
+
+def check_out(out: str, inputs, suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse an ``--out`` that is one of ``inputs``, a folder, in a folder that cannot be written, or whose
+    extension is not one of ``suffixes`` (the format written: ``what``); one line and exit code 2 each."""
+    import os
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir():
+        fail(f"--out {out} is a folder; give a file name ending in {suffixes[0]}")
+    for p in inputs:
+        if path.resolve() == Path(p).resolve() or (path.exists() and os.path.samefile(path, p)):
+            fail(f"--out {out} is an input of this command ({p}); write to another file")
+    if path.suffix not in suffixes:
+        fail(f"--out {out}: the file written is {what}; name it *{suffixes[0]}")
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"--out {out}: cannot write in folder {existing}")
+
+
+@contextlib.contextmanager
+def writing(out: str) -> Iterator[None]:
+    """Turn an error writing ``--out`` (a full disk, a read-only file system) into one line and exit code 2; the
+    write is atomic, so nothing is left behind."""
+    try:
+        yield
+    except OSError as err:
+        fail(f"--out {out}: cannot write ({err.strerror or err})")
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -30,38 +83,6 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not shape or any(s < 1 for s in shape):
         fail(f"--input-shape needs positive sizes, got {text!r}")
     return shape
-
-
-def _export_source(source: str, masks_path: str | None) -> tuple[dict, dict, dict | None, str]:
-    """(state dict, masks, run settings or None, description) of a state-dict file or a run directory.
-
-    A run directory (runs/<run_id>) gives its last round's checkpoint (``RunDir.last_checkpoint``).
-    """
-    from pathlib import Path
-
-    from pqprune.files import load_state_dict
-    from pqprune.measure.weights import is_prunable_entry
-
-    path = Path(source)
-    if path.is_dir():
-        from pqprune.experiment.rundir import RunDir
-
-        if masks_path is not None:
-            fail("--masks is for a state-dict file; a run directory carries its own masks")
-        rd = RunDir(path.parent, path.name)
-        last = rd.last_checkpoint()
-        if last is None:
-            fail(f"{path}: not a run directory with a round checkpoint (round_XXX.json + round_XXX.safetensors)")
-        t, state, masks = last
-        return state, masks, rd.settings(), f"run {path.name}, round {t}"
-    state = load_state_dict(source)
-    if masks_path is not None:
-        masks = _load_masks_file(masks_path)
-        what = f"{source} with masks {masks_path}"
-    else:  # a state dict pruned elsewhere: its exact zeros are its masks
-        masks = {n: t != 0 for n, t in state.items() if is_prunable_entry(n, t)}
-        what = f"{source} (no --masks: zeros taken as pruned)"
-    return state, masks, None, what
 
 
 def _export_model(

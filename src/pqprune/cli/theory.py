@@ -8,8 +8,16 @@ import typer
 from rich.console import Console
 
 from pqprune.cli.app import CONTEXT, DB_HELP, _csv_values, app, err_console, fail
+from pqprune.cli.sources import (
+    EXCLUDE_HELP,
+    INCLUDE_HELP,
+    MASKS_HELP,
+    ROUND_HELP,
+    SOURCE_HELP,
+    open_checkpoint,
+    selected_names,
+)
 from pqprune.cli.tables import _g, _print_rows, _text_table
-from pqprune.measure.weights import named_weights
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
 from pqprune.theory.moments import magnitude_moment_normal, magnitude_moment_uniform, magnitude_threshold, random_moment
@@ -23,9 +31,12 @@ def bound_command(
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
-        help="State dict (.safetensors/.pt; exact zeros count as pruned) or a run folder (runs/<run_id>: its last "
-        "round's weights and masks): ℓ_q bound per layer.",
+        help="ℓ_q bound per layer of a checkpoint (exact zeros and masked weights count as pruned). " + SOURCE_HELP,
     ),
+    masks: str | None = typer.Option(None, "--masks", help="Checkpoint mode: " + MASKS_HELP),
+    round_: int | None = typer.Option(None, "--round", help="Checkpoint mode: " + ROUND_HELP),
+    include: list[str] | None = typer.Option(None, "--include", metavar="PATTERN", help=INCLUDE_HELP),
+    exclude: list[str] | None = typer.Option(None, "--exclude", metavar="PATTERN", help=EXCLUDE_HELP),
     eps: float | None = typer.Option(
         None, "--eps", help="Tolerance ε (gap on the unit ball, or ℓ_q per-neuron tolerance)."
     ),
@@ -48,7 +59,6 @@ def bound_command(
     import json
     import math
 
-    from pqprune.cli.sources import _export_source
     from pqprune.files import FileFormatError
 
     out = Console()
@@ -56,9 +66,11 @@ def bound_command(
         if checkpoint is not None:
             if eps is None:
                 fail("--checkpoint needs --eps (the per-neuron tolerance)")
-            state, masks, _settings, what = _export_source(checkpoint, None)
-            result = _bound_checkpoint(state, masks, q, eps, input_bound, relative)
-            title = f"ℓ_q bound rule (q={q}, ε={eps}{' relative' if relative else ''}, B={input_bound}): {what}"
+            src = open_checkpoint(checkpoint, round_, masks)
+            names = selected_names(src, include, exclude)
+            state, mask_map = src.load()
+            result = _bound_checkpoint(state, mask_map, names, q, eps, input_bound, relative)
+            title = f"ℓ_q bound rule (q={q}, ε={eps}{' relative' if relative else ''}, B={input_bound}): {src.what}"
             reading = _reading_checkpoint(result["summary"], eps, input_bound, relative)
         else:
             spec = RandomNetSpec(arch=arch, width=width, depth=depth, density=density, method=method, dist=dist)
@@ -153,9 +165,11 @@ def _bound_sizes(spec, eps: float | None, delta: float | None) -> dict:
     return {"spec": dict(spec.__dict__), "layers": layers, "summary": summary}
 
 
-def _bound_checkpoint(state: dict, masks: dict, q: float, eps: float, input_bound: float, relative: bool) -> dict:
-    """ℓ_q keep counts per layer among the survivors of ``masks``; through the network when the 2-D weights chain
-    (ReLU assumed between them)."""
+def _bound_checkpoint(
+    state: dict, masks: dict, names: list[str], q: float, eps: float, input_bound: float, relative: bool
+) -> dict:
+    """ℓ_q keep counts per layer (of ``names``) among the survivors of ``masks``; through the network when the 2-D
+    weights chain (ReLU assumed between them)."""
 
     summary: dict[str, object] = {}
     try:
@@ -166,8 +180,8 @@ def _bound_checkpoint(state: dict, masks: dict, q: float, eps: float, input_boun
         summary["assumption"] = "layers chain as Linear→ReLU→…→Linear; hidden input bounds propagated by ‖w'‖₁"
     except ValueError:
         bounds = [
-            lq_layer_bound(w, q, eps, input_bound, relative=relative, mask=masks.get(name), name=name)
-            for name, w in named_weights(state).items()
+            lq_layer_bound(state[name], q, eps, input_bound, relative=relative, mask=masks.get(name), name=name)
+            for name in names
         ]
         summary["assumption"] = f"layers do not chain: every layer's inputs assumed |h| ≤ {input_bound}"
     kept = sum(b.kept for b in bounds)

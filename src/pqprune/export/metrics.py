@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.export.shrink import _WEIGHTED
-from pqprune.export.sparse import MaskLike, _mask_dict, apply_masks, compact_nbytes
+from pqprune.export.sparse import MaskLike, _mask_dict, choose_encoding, encoding_sizes
 from pqprune.measure.weights import is_prunable_entry
 
 # Buffers of normalisation layers are not parameters: they are left out of the parameter count of a state dict.
@@ -63,6 +63,69 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     return macs
 
 
+class MetricsTally:
+    """The record of :func:`model_metrics` built one tensor at a time (:meth:`add`), for checkpoints too large to
+    hold: every number is a sum over tensors."""
+
+    def __init__(self) -> None:
+        self.parameters = self.nonzeros = self.dense_bytes = self.compact_bytes = 0
+        self.masked = self.masked_kept = self.entries = self.entries_nonzero = 0
+        self.any_mask = False
+        self.chain: list[tuple[int, int, int]] = []  # (dim, numel, nonzeros) of each prunable entry
+        self.nonzero_of: dict[str, float] = {}  # name → fraction of nonzero weights, for FLOPs of a model
+
+    def add(self, name: str, t: Tensor, mask: Tensor | None = None, parameter: bool | None = None) -> None:
+        """Count tensor ``name`` (masked entries as 0); ``parameter``: whether it is a parameter (default: any
+        entry but BatchNorm running statistics)."""
+        t = t.detach()
+        if mask is not None:
+            mask = mask.to(t.device)
+        nz = int(torch.count_nonzero(t if mask is None else t.masked_fill(~mask, 0)))
+        if parameter if parameter is not None else not _is_buffer_name(name):
+            self.parameters += t.numel()
+            self.nonzeros += nz
+        self.dense_bytes += t.numel() * (4 if t.is_floating_point() else t.element_size())
+        if mask is not None:
+            self.any_mask = True
+            kept = int(torch.count_nonzero(mask))
+            self.masked += mask.numel()
+            self.masked_kept += kept
+            self.compact_bytes += encoding_sizes(t.shape, kept, t.dtype)[choose_encoding(t.shape, kept, t.dtype)]
+        else:
+            self.compact_bytes += t.numel() * t.element_size()
+        if is_prunable_entry(name, t):
+            self.entries += t.numel()
+            self.entries_nonzero += nz
+            self.chain.append((t.dim(), t.numel(), nz))
+        self.nonzero_of[name] = nz / t.numel() if t.numel() else 0.0
+
+    def result(self, flops: tuple[int, int] | None = None, chain: bool = False) -> dict[str, Any]:
+        """The record; ``flops``: (dense, nonzero) MACs of a model; ``chain``: without a model, those of a chain of
+        2-D weights (each applied once per example) when all prunable entries are 2-D; else FLOPs are None."""
+        prunable, kept = (self.masked, self.masked_kept) if self.any_mask else (self.entries, self.entries_nonzero)
+        flops_dense = flops_nonzero = None
+        if flops is not None:
+            flops_dense, flops_nonzero = flops
+        elif chain and self.chain and all(d == 2 for d, _, _ in self.chain):
+            flops_dense = sum(n for _, n, _ in self.chain)
+            flops_nonzero = sum(nz for _, _, nz in self.chain)
+        speedup = flops_dense / flops_nonzero if flops_dense is not None and flops_nonzero else None
+        return {
+            "parameters": self.parameters,
+            "nonzeros": self.nonzeros,
+            "compression": self.parameters / self.nonzeros if self.nonzeros else None,
+            "prunable": prunable,
+            "prunable_kept": kept,
+            "density": kept / prunable if prunable else None,
+            "dense_bytes": self.dense_bytes,
+            "compact_bytes": self.compact_bytes,
+            "size_ratio": self.compact_bytes / self.dense_bytes if self.dense_bytes else None,
+            "flops_dense": flops_dense,
+            "flops_nonzero": flops_nonzero,
+            "speedup": speedup,
+        }
+
+
 def model_metrics(
     model_or_state_dict: nn.Module | Mapping[str, Tensor],
     masks: MaskLike = None,
@@ -81,7 +144,6 @@ def model_metrics(
     FLOPs need ``input_shape`` (without the batch axis) and a model; for a bare state dict they are given only
     when all prunable weights are 2-D (a Linear chain, each layer applied once per example), else None.
     """
-    mk = _mask_dict(masks)
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
         param_names = {n for n, _ in model.named_parameters()}
@@ -90,49 +152,17 @@ def model_metrics(
         model = None
         state = {k: v.detach().cpu() for k, v in model_or_state_dict.items()}
         param_names = {n for n in state if not _is_buffer_name(n)}
-    pruned = apply_masks(state, mk)
-    parameters = sum(state[n].numel() for n in param_names)
-    nonzeros = sum(int(torch.count_nonzero(pruned[n])) for n in param_names)
-    if mk:
-        prunable = sum(m.numel() for m in mk.values())
-        kept = sum(int(m.sum()) for m in mk.values())
-    else:
-        prunable_names = [n for n, t in pruned.items() if is_prunable_entry(n, t)]
-        prunable = sum(pruned[n].numel() for n in prunable_names)
-        kept = sum(int(torch.count_nonzero(pruned[n])) for n in prunable_names)
-    dense_bytes = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in state.values())
-    compact = compact_nbytes(state, mk) if mk else dense_bytes_actual(state)
-
-    def nz_fraction(name: str) -> float:
-        w = pruned[name]
-        return int(torch.count_nonzero(w)) / w.numel() if w.numel() else 0.0
-
-    flops_dense = flops_nonzero = None
-    if input_shape is not None:
-        if model is not None:
-            macs = _count_macs(model, input_shape)
-            flops_dense = sum(macs.values())
-            flops_nonzero = sum(round(v * nz_fraction(f"{n}.weight" if n else "weight")) for n, v in macs.items())
-        else:
-            weights = [n for n, t in state.items() if is_prunable_entry(n, t)]
-            if weights and all(state[n].dim() == 2 for n in weights):
-                flops_dense = sum(state[n].numel() for n in weights)
-                flops_nonzero = sum(int(torch.count_nonzero(pruned[n])) for n in weights)
-    speedup = flops_dense / flops_nonzero if flops_dense is not None and flops_nonzero else None
-    return {
-        "parameters": parameters,
-        "nonzeros": nonzeros,
-        "compression": parameters / nonzeros if nonzeros else None,
-        "prunable": prunable,
-        "prunable_kept": kept,
-        "density": kept / prunable if prunable else None,
-        "dense_bytes": dense_bytes,
-        "compact_bytes": compact,
-        "size_ratio": compact / dense_bytes if dense_bytes else None,
-        "flops_dense": flops_dense,
-        "flops_nonzero": flops_nonzero,
-        "speedup": speedup,
-    }
+    mk = _mask_dict(masks, state)
+    tally = MetricsTally()
+    for name, t in state.items():
+        tally.add(name, t, mk.get(name), parameter=name in param_names)
+    if input_shape is None:
+        return tally.result()
+    if model is None:
+        return tally.result(chain=True)
+    macs = _count_macs(model, input_shape)
+    nonzero = sum(round(v * tally.nonzero_of[f"{n}.weight" if n else "weight"]) for n, v in macs.items())
+    return tally.result((sum(macs.values()), nonzero))
 
 
 def dense_bytes_actual(state: Mapping[str, Tensor]) -> int:

@@ -112,7 +112,7 @@ def choose_encoding(shape: Sequence[int], kept: int, dtype: torch.dtype) -> str:
     return min(ENCODINGS, key=lambda e: (sizes[e], ENCODINGS.index(e)))
 
 
-def _encode(w: Tensor, mask: Tensor) -> tuple[str, dict[str, Tensor]]:
+def encode_tensor(w: Tensor, mask: Tensor) -> tuple[str, dict[str, Tensor]]:
     """Parts of ``w`` under ``mask``; values are the survivors in row-major order in both sparse encodings."""
     kept = int(mask.sum())
     enc = choose_encoding(w.shape, kept, w.dtype)
@@ -166,7 +166,7 @@ def save_sparse(state: Mapping[str, Tensor], masks: MaskLike, path: str | os.Pat
             raise ValueError(f"state dict key {name!r} contains {_SEP!r}, which the sparse format reserves")
         t = t.detach().to("cpu")
         if name in mk:
-            enc, parts = _encode(t, mk[name])
+            enc, parts = encode_tensor(t, mk[name])
         else:
             enc, parts = "dense", {"": t.clone()}  # clone: tied weights share storage, which safetensors refuses
         for part, tensor in parts.items():
@@ -189,8 +189,11 @@ def _part(raw: Mapping[str, Tensor], key: str, path: object) -> Tensor:
     return raw[key]
 
 
-def _decode(raw: Mapping[str, Tensor], name: str, info: Mapping[str, Any], path: object) -> Tensor:
-    """One dense tensor from its parts; every inconsistency is a ``FileFormatError`` naming file and tensor."""
+def decode_entry(
+    raw: Mapping[str, Tensor], name: str, info: Mapping[str, Any], path: object
+) -> tuple[Tensor, Tensor | None]:
+    """One dense tensor from its parts, and its stored pattern (the bool mask of a bitmask or CSR entry; None for a
+    dense one); every inconsistency is a ``FileFormatError`` naming file and tensor."""
     try:
         shape = [int(s) for s in info["shape"]]
         enc = info["encoding"]
@@ -202,7 +205,7 @@ def _decode(raw: Mapping[str, Tensor], name: str, info: Mapping[str, Any], path:
         t = _part(raw, name, path)
         if list(t.shape) != shape or t.dtype != dtype:
             raise FileFormatError(f"{path}: tensor {name!r} is {t.dtype}{list(t.shape)}, metadata says {dtype}{shape}")
-        return t
+        return t, None
     if enc not in ENCODINGS:
         raise FileFormatError(f"{path}: tensor {name!r} has unknown encoding {enc!r}")
     values = _part(raw, f"{name}{_SEP}values", path)
@@ -221,7 +224,7 @@ def _decode(raw: Mapping[str, Tensor], name: str, info: Mapping[str, Any], path:
                 f"{path}: bitmask of {name!r} marks {int(flat.sum())} entries, {values.numel()} values stored"
             )
         out[flat] = values
-        return out.reshape(shape)
+        return out.reshape(shape), flat.reshape(shape)
     rows = shape[0] if len(shape) > 1 else 1
     cols = n // rows if rows else 0
     indptr = _part(raw, f"{name}{_SEP}indptr", path).to(torch.int64)
@@ -237,8 +240,11 @@ def _decode(raw: Mapping[str, Tensor], name: str, info: Mapping[str, Any], path:
     if not ok:
         raise FileFormatError(f"{path}: CSR parts of {name!r} are inconsistent with its shape {shape}")
     row_of = torch.repeat_interleave(torch.arange(rows), counts)
-    out[row_of * cols + indices] = values
-    return out.reshape(shape)
+    flat_index = row_of * cols + indices
+    out[flat_index] = values
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[flat_index] = True
+    return out.reshape(shape), mask.reshape(shape)
 
 
 def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -256,5 +262,5 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     for entry in entries:
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict)):
             raise FileFormatError(f"{path}: bad tensor entry {entry!r} in the metadata")
-        out[str(entry[0])] = _decode(raw, str(entry[0]), entry[1], path)
+        out[str(entry[0])] = decode_entry(raw, str(entry[0]), entry[1], path)[0]
     return out

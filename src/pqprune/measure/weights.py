@@ -11,6 +11,7 @@ Every measure is computed over the *surviving* entries of a unit (masks mark sur
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -52,9 +53,26 @@ def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
     return found
 
 
+EMBEDDING_PATTERNS: tuple[str, ...] = ("*embed*", "*wte.weight", "*wpe.weight")
+"""Names of embedding tables in state dicts (``embed_tokens``, ``word_embeddings``, GPT-2's ``wte``/``wpe``): left
+out by default, as :func:`prunable_weights` leaves out ``nn.Embedding`` modules."""
+MEASURED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def prunable_by_default(name: str, ndim: int, dtype: torch.dtype) -> bool:
+    """The default rule where module types are unknown (state dicts, checkpoint files): floating ``*weight``
+    tensors (float32/64, float16, bfloat16) with ``dim() > 1``, except embedding tables (:data:`EMBEDDING_PATTERNS`)."""
+    return (
+        name.endswith("weight")
+        and ndim > 1
+        and dtype in MEASURED_DTYPES
+        and not any(fnmatch.fnmatchcase(name, pat) for pat in EMBEDDING_PATTERNS)
+    )
+
+
 def is_prunable_entry(name: str, tensor: Tensor) -> bool:
-    """Rule for state dicts, where module types are unknown: floating ``*weight`` tensors with ``dim() > 1``."""
-    return name.endswith("weight") and tensor.dim() > 1 and tensor.is_floating_point()
+    """Rule for state dicts, where module types are unknown: :func:`prunable_by_default`."""
+    return prunable_by_default(name, tensor.dim(), tensor.dtype)
 
 
 def named_weights(obj: WeightSource) -> dict[str, Tensor]:
@@ -73,7 +91,9 @@ def named_weights(obj: WeightSource) -> dict[str, Tensor]:
     else:
         raise TypeError(f"expected a tensor, an nn.Module or a state dict, got {type(obj).__name__}")
     if not found:
-        raise ValueError("no prunable weights found (floating tensors named '*weight' with dim() > 1)")
+        raise ValueError(
+            "no prunable weights found (floating tensors named '*weight' with dim() > 1, embeddings excluded)"
+        )
     return found
 
 

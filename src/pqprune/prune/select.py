@@ -74,6 +74,8 @@ class LazyScores(Mapping[str, Tensor]):
 
 
 def _abs_into(w: Tensor, out: Tensor) -> Tensor:
+    if w.dtype != out.dtype:  # float16/bfloat16 weights, float32 scores: widened exactly, then made positive
+        return out.copy_(w).abs_()
     return torch.abs(w, out=out)
 
 
@@ -372,7 +374,7 @@ def global_masks(stream: ScoreStream, k: int, score: ChunkScore | None = None) -
         raise ValueError(f"global selection pruned {pruned} of {k}: the scores contain NaN")
 
 
-def _stream_of(
+def score_stream(
     scores: Mapping[str, Tensor], alive: Mapping[str, Tensor | None], names: list[str]
 ) -> tuple[ScoreStream, ChunkScore | None]:
     """A :data:`ScoreStream` over ``scores`` (element-wise :class:`LazyScores` are scored chunk by chunk)."""
@@ -391,7 +393,7 @@ def _global_keep(
         raise ValueError("global selection over no tensors")
     shapes = {n: scores.source(n).shape if isinstance(scores, LazyScores) else scores[n].shape for n in names}
     live = match_masks(shapes, alive or {}, what="scored tensor")
-    stream, score = _stream_of(scores, live, names)
+    stream, score = score_stream(scores, live, names)
     return dict(zip(names, global_masks(stream, k, score)))
 
 

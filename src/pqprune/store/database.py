@@ -68,8 +68,14 @@ class Store:
         self._engine: Engine = engine_mod.create(self.target, busy_timeout_ms)
         try:
             self.transact(self._create_schema, "open the results database")
-            if new and self.path is not None:  # SQLite creates 0644 less the umask; -wal/-shm copy the database's
-                follow_umask(self.path)
+            if new and self.path is not None:  # SQLite creates its files 0644 less the umask, whatever the umask
+                for f in (
+                    self.path,
+                    self.path.with_name(self.path.name + "-wal"),
+                    self.path.with_name(self.path.name + "-shm"),
+                ):
+                    if f.exists():
+                        follow_umask(f)
         except BaseException:
             self._engine.dispose()
             raise

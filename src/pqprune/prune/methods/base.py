@@ -20,12 +20,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from pqprune.measure.weights import Masks, Scope, check_scope
 
 Weights = Mapping[str, Tensor]
 Counts = dict[str, "int | Tensor"]
+
+
+class WeightsOnDemand(Mapping[str, Tensor]):
+    """Weights read when looked up (e.g. from checkpoint shards) and never all held at once: a method reads each
+    as it needs it and keeps none. ``shapes`` gives every shape without reading; a method that would copy all
+    weights for later rounds (OneShot's reference) keeps the mapping itself, as such weights are pruned once."""
+
+    shapes: dict[str, torch.Size]
+
+
+def shapes_of(weights: Weights) -> dict[str, torch.Size]:
+    """Name → shape of ``weights``, without reading :class:`WeightsOnDemand`."""
+    if isinstance(weights, WeightsOnDemand):
+        return dict(weights.shapes)
+    return {n: w.shape for n, w in weights.items()}
 
 
 # --------------------------------------------------------------------------------------------- records

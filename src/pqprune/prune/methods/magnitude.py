@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
 
 from pqprune.measure.weights import Masks, Scope
-from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
+from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights, WeightsOnDemand
 from pqprune.prune.methods.registry import register
 from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, ratio_count, unit_sizes
 from pqprune.prune.select import magnitude_scores
@@ -107,13 +107,18 @@ class OneShot(Method):
                 weights, masks, scope, lambda u, d: d - torch.ceil(sizes[u] * rho - 1e-9), magnitude_scores(weights)
             )
         if self.reference is None:
-            self.reference = {n: w.detach().clone() for n, w in weights.items()}
+            if isinstance(weights, WeightsOnDemand):  # pruned once: round 0's reference is the weights themselves
+                self.reference = cast(dict, weights)
+            else:
+                self.reference = {n: w.detach().clone() for n, w in weights.items()}
         if set(self.reference) != set(weights):
             raise ValueError(f"one_shot: reference weights are for {sorted(self.reference)}, got {sorted(weights)}")
         ratio = self.ratio if self.ratio is not None else 0.0  # set whenever target_density is None
         sparsity = 1.0 - (1.0 - ratio) ** (round_ + 1)
         keep = {u: D - torch.floor(D * sparsity + 1e-9) for u, D in sizes.items()}
-        ref = {n: self.reference[n] for n in weights}  # the selection's flat order is the weights' order
+        ref: Weights = self.reference  # the selection's flat order is the weights' order
+        if not isinstance(ref, WeightsOnDemand):
+            ref = {n: self.reference[n] for n in weights}
         return fixed_ratio_plan(weights, masks, scope, lambda u, d: d - keep[u], magnitude_scores(ref))
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from torch import Tensor
 from pqprune.measure.indices import sap_prune_count
 from pqprune.measure.sums import UnitStats, power_sums_of, reduce_scope
 from pqprune.measure.weights import GLOBAL, Scope, as_rows
-from pqprune.prune.methods.base import Counts, Masks, Plan, UnitRecord, Weights
+from pqprune.prune.methods.base import Counts, Masks, Plan, UnitRecord, Weights, shapes_of
 from pqprune.prune.select import LazyScores
 
 
@@ -22,25 +22,31 @@ def unit_stats(weights: Weights, masks: Masks, scope: Scope, exponents: Sequence
     return reduce_scope(power_sums_of(weights, exponents, masks), scope)
 
 
+def _rows_cols(shape: torch.Size) -> tuple[int, int]:
+    """``as_rows``' shape for a tensor of ``shape``, without the tensor."""
+    rows = shape[0] if len(shape) > 1 else 1
+    return rows, (shape.numel() // rows if rows else 0)
+
+
 def unit_sizes(weights: Weights, scope: Scope) -> dict[str, Tensor]:
     """Entries per unit when dense (float64, one per unit row), matching :func:`unit_stats`' layout."""
+    shapes = shapes_of(weights)
     if scope == "neuron":
         return {
-            n: torch.full((as_rows(w).shape[0],), float(as_rows(w).shape[1]), dtype=torch.float64)
-            for n, w in weights.items()
+            n: torch.full((_rows_cols(s)[0],), float(_rows_cols(s)[1]), dtype=torch.float64) for n, s in shapes.items()
         }
     if scope == "layer":
-        return {n: torch.tensor([float(w.numel())], dtype=torch.float64) for n, w in weights.items()}
-    return {GLOBAL: torch.tensor([float(sum(w.numel() for w in weights.values()))], dtype=torch.float64)}
+        return {n: torch.tensor([float(s.numel())], dtype=torch.float64) for n, s in shapes.items()}
+    return {GLOBAL: torch.tensor([float(sum(s.numel() for s in shapes.values()))], dtype=torch.float64)}
 
 
 def unit_counts(weights: Weights, masks: Masks, scope: Scope) -> dict[str, Tensor]:
     """Survivors per unit (float64, one per unit row, :func:`unit_stats`' layout), from the masks alone;
     a tensor without a mask is fully alive and costs nothing to count."""
     per: dict[str, Tensor] = {}
-    for n, w in weights.items():
+    for n, shape in shapes_of(weights).items():
         m = masks.get(n)
-        rows, cols = as_rows(w).shape
+        rows, cols = _rows_cols(shape)
         if scope == "neuron":
             per[n] = (
                 torch.full((rows,), float(cols), dtype=torch.float64)
@@ -48,7 +54,7 @@ def unit_counts(weights: Weights, masks: Masks, scope: Scope) -> dict[str, Tenso
                 else torch.count_nonzero(as_rows(m), dim=1).to(torch.float64).cpu()
             )
         else:
-            per[n] = torch.tensor([float(w.numel() if m is None else torch.count_nonzero(m))], dtype=torch.float64)
+            per[n] = torch.tensor([float(shape.numel() if m is None else torch.count_nonzero(m))], dtype=torch.float64)
     if scope == "global":
         return {GLOBAL: torch.stack(list(per.values())).sum().reshape(1)}
     return per
