@@ -52,7 +52,9 @@ def _check_interrupted(out: Path, last: int = LAST) -> list[str]:
             assert run["status"] == "interrupted" and "SIGTERM" in run["message"], run
             rd = RunDir(out / "runs", run["run_id"])
             done = rd.finished_rounds()
-            assert [r["round"] for r in store.rounds(run["run_id"])] == done
+            # The files are the truth: a signal landing between a round's JSON and its database row (a sweep worker
+            # cannot always write it back) leaves that one row missing, which the rerun below restores.
+            assert [r["round"] for r in store.rounds(run["run_id"])] in (done, done[:-1])
             assert not done or (done[-1] < last and rd.tensors(done[-1]).exists())  # a run may not have ended round 0
             assert not list(rd.path.glob(".*.tmp"))
         assert any(RunDir(out / "runs", run["run_id"]).finished_rounds() for run in runs)
