@@ -145,6 +145,8 @@ def bench_step(sizes: list[str], threads: int, skip_sort: set[str]) -> list[str]
             verdicts.append(f"{label}: masks differ from the stable full sort: MISSED")
         speed = res["torch_prune"]["seconds"] / ours["seconds"]
         memory = ours["extra_bytes"] / ours["weight_bytes"]
+        if label != "102M":  # the targets are set at 102M weights
+            continue
         verdicts.append(
             f"{label}: {speed:.0f}× faster than global_unstructured (target ≥ 30×: {'met' if speed >= 30 else 'MISSED'}), "
             f"peak extra {memory:.2f}× the weights (target ≤ 0.5×: {'met' if memory <= 0.5 else 'MISSED'})"

@@ -18,8 +18,9 @@ from pqprune import gini, pq_index
 from pqprune.checkpoint.analyze import _read_layer, _split_by_histograms, analyze_source, role
 from pqprune.checkpoint.sources import memory_source, natural_key, open_source
 from pqprune.cli.app import app
-from pqprune.export import save_shrunk, save_sparse, shrink
-from pqprune.measure.histogram import EXACT_GINI_ERROR, Histogram, half_histogram
+from pqprune.export import model_metrics, save_shrunk, save_sparse, shrink
+from pqprune.measure.histogram import EXACT_GINI_ERROR, Histogram, half_histogram, half_rows
+from pqprune.measure.sums import row_power_sums
 from pqprune.prune.select import magnitude_scores, select_prune
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.end_to_end]
@@ -149,7 +150,10 @@ def test_bf16_ties_at_the_global_threshold_follow_flat_order(prune):
     # Few distinct magnitudes: the k-th smallest is tied across layers; ties go to the earlier layer first.
     w = {f"l{i}.weight": torch.tensor([[1.0, 2.0, -2.0], [3.0, 2.0, 1.0]], dtype=torch.bfloat16) for i in range(3)}
     layers = [_read_layer(n, t, None, 0.5, 1.0, "global") for n, t in w.items()]
-    _split_by_histograms(layers, prune)
+    everything = Histogram.empty_keys()
+    for layer in layers:
+        everything.add_half(layer.half, layer.dtype)
+    _split_by_histograms(layers, everything, prune)
     chosen = select_prune({n: t.abs().float() for n, t in w.items()}, {"global": prune}, "global")
     assert [layer.kept for layer in layers] == [6 - int(chosen[n].sum()) for n in w]
     if prune == 10:  # the six 1.0s, then four of the nine 2.0s: three from the first layer, one from the second
@@ -291,3 +295,39 @@ def test_global_split_of_float32_beyond_the_exact_limit_streams(tmp_path):
     assert [round(r["sap_keep_fraction"] * survivors[r["name"]]) for r in big["layers"]] == [
         survivors[n] - int(chosen[n].sum()) for n in w
     ]
+
+
+@pytest.mark.parametrize("scope", ["global", "neuron"])
+def test_tensors_measured_on_several_threads_give_the_same_report(scope):
+    state = {**transformer_state(torch.bfloat16), **{f"f{i}.weight": torch.randn(30, 40) for i in range(3)}}
+    src = memory_source(state)
+    torch.set_num_threads(3)  # the one_thread fixture restores it
+    threaded = analyze_source(src, scope=scope, metrics=True)
+    assert torch.get_num_threads() == 3
+    torch.set_num_threads(1)
+    single = analyze_source(src, scope=scope, metrics=True)
+    # equal but for the last bits of the global Gini, whose float64 sums PyTorch splits by thread count
+    assert single["global"].pop("gini") == pytest.approx(threaded["global"].pop("gini"), rel=1e-12)
+    assert single == threaded
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_rows_is_the_histogram_and_the_row_sums_in_one_pass(dtype):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(700, 500, generator=g).to(dtype)  # several blocks of rows
+    m = torch.rand(w.shape, generator=g) < 0.8
+    for mask in (None, m):
+        counts, rows = half_rows(w, (0.5, 1.0), mask)
+        assert torch.equal(counts, half_histogram(w, mask))
+        ref = row_power_sums(w, (0.5, 1.0), mask)
+        assert torch.equal(rows.count, ref.count)
+        assert all(torch.equal(rows.sums[s], ref.sums[s]) for s in (0.5, 1.0))
+
+
+def test_metrics_in_the_same_pass_are_model_metrics():
+    state = transformer_state(torch.bfloat16)
+    state["model.layers.0.mlp.up_proj.weight"][:3] = 0  # zero survivors: not counted as nonzeros
+    g = torch.Generator().manual_seed(6)
+    masks = {n: torch.rand(state[n].shape, generator=g) < 0.7 for n in DEFAULT[:5]}
+    rep = analyze_source(memory_source(state, masks), metrics=True, chain_flops=True)
+    assert rep["metrics"] == model_metrics(state, masks, input_shape=(16,))

@@ -84,6 +84,7 @@ def test_pruned_nan_is_ignored_and_surviving_nan_raises():
         power_sums_of({"other.weight": torch.full((3, 4), float("nan"))}, (1.0, 2.0))
 
 
+@pytest.mark.slow
 def test_large_tensor_agrees_with_float64():
     """> 10M float32 entries (rows longer than a block: column slices) vs float64."""
     n_rows, n_cols = 5, 2_100_000

@@ -14,7 +14,9 @@ selection over the tensors read again.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,11 +28,12 @@ from pqprune.checkpoint.sources import Source, SourceMasks, SourceWeights, memor
 from pqprune.export.metrics import MetricsTally, model_metrics
 from pqprune.files import FileFormatError, finite_or_none
 from pqprune.measure.gini_index import gini
-from pqprune.measure.histogram import HALF_DTYPES, Histogram, half_histogram, half_keys, key_histogram
+from pqprune.measure.histogram import HALF_DTYPES, Histogram, half_histogram, half_keys, half_rows, key_histogram
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import power_sums_of
 from pqprune.measure.weights import GLOBAL, Scope, check_masks, check_scope, named_weights
 from pqprune.prune.select import global_masks, magnitude_scores, score_stream
+from pqprune.threads import torch_threads
 
 Report = dict[str, Any]
 
@@ -111,15 +114,16 @@ def _read_layer(name: str, w: Tensor, m: Tensor | None, p: float, q: float, scop
     """One tensor's counts, sums, Gini and (neuron scope) per-row PQI and SAP counts; one read of it per measure."""
     alive = w.numel() if m is None else int(torch.count_nonzero(m))
     layer = _Layer(name, list(w.shape), w.dtype, w.numel(), alive, 0.0, 0.0, math.nan)
-    rows = (
-        power_sums_of({name: w}, (p, q), {name: m})[name] if scope == "neuron" or w.dtype not in HALF_DTYPES else None
-    )
+    rows = None
     if w.dtype in HALF_DTYPES:
-        layer.half = half_histogram(w, m, name)
+        if scope == "neuron":  # counts and row sums in one pass
+            layer.half, rows = half_rows(w, (p, q), m, name)
+        else:
+            layer.half = half_histogram(w, m, name)
         hist = Histogram.of_half(layer.half, w.dtype)
         layer.sum_p, layer.sum_q, layer.gini = hist.power_sum(p), hist.power_sum(q), hist.gini()
     else:
-        assert rows is not None
+        rows = power_sums_of({name: w}, (p, q), {name: m})[name]
         layer.sum_p, layer.sum_q = float(rows.sums[p].sum()), float(rows.sums[q].sum())
         layer.gini = cast(float, gini(w, "global", m))
         layer.keys = key_histogram(w, m, name)
@@ -132,6 +136,51 @@ def _read_layer(name: str, w: Tensor, m: Tensor | None, p: float, q: float, scop
     return layer
 
 
+def _read_layers(
+    source: Source, names: Sequence[str], p: float, q: float, scope: Scope, tally: MetricsTally | None
+) -> Iterator[tuple[_Layer, Tensor, Tensor | None]]:
+    """:func:`_read_layer` of each tensor ``names`` in order, with its tensor and mask; every tensor of the source
+    is also counted into ``tally`` when given.
+
+    Tensors are measured on all threads at once, one tensor per thread, each op single-threaded: the work per
+    tensor is a few passes over chunks too small for PyTorch's own threads to pay off, and counting magnitudes is
+    single-threaded in PyTorch. At most one tensor per thread (and one being read) is held.
+    """
+    selected = set(names)
+    workers = max(1, torch.get_num_threads())
+    pending: deque[tuple[Future[tuple[_Layer | None, MetricsTally | None]], Tensor, Tensor | None]] = deque()
+
+    def read(name: str, w: Tensor, m: Tensor | None) -> tuple[_Layer | None, MetricsTally | None]:
+        layer = _read_layer(name, w, m, p, q, scope) if name in selected else None
+        counted = None
+        if tally is not None:
+            counted = MetricsTally()
+            # a 16-bit layer's zero survivors are its histogram's first bin: no pass to count them
+            nonzeros = None if layer is None or layer.half is None else layer.alive - int(layer.half[0])
+            counted.add(name, w, m, nonzeros=nonzeros, kept=None if layer is None else layer.alive)
+        return layer, counted
+
+    def done() -> Iterator[tuple[_Layer, Tensor, Tensor | None]]:
+        future, w, m = pending.popleft()
+        try:
+            layer, counted = future.result()
+        except ValueError as err:  # NaN or infinite survivors, named by tensor: name the checkpoint too
+            raise FileFormatError(f"{source.what}: {err}") from err
+        if counted is not None and tally is not None:
+            tally.merge(counted)
+        if layer is not None:
+            yield layer, w, m
+
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pqprune-analyze") as pool:
+        for name, w, m in source.stream(list(source.infos) if tally is not None else names):
+            pending.append((pool.submit(read, name, w, m), w, m))
+            del w, m
+            while len(pending) > workers:
+                yield from done()
+        while pending:
+            yield from done()
+
+
 def _neuron_summary(values: Tensor) -> dict[str, float | None]:
     """min / median / max of the per-neuron indices, ignoring degenerate (NaN) neurons."""
     v = values[~torch.isnan(values)]
@@ -142,13 +191,10 @@ def _neuron_summary(values: Tensor) -> dict[str, float | None]:
 
 
 # --------------------------------------------------------------------------------------------- global scope split
-def _split_by_histograms(layers: Sequence[_Layer], prune: int) -> None:
+def _split_by_histograms(layers: Sequence[_Layer], everything: Histogram, prune: int) -> None:
     """Survivors kept per layer when the ``prune`` smallest magnitudes of all layers go (ties by flat index of the
-    concatenation, as the engine's selection), from the layers' exact 16-bit histograms."""
-    everything = Histogram.empty_keys()
-    for layer in layers:
-        assert layer.half is not None
-        everything.add_half(layer.half, layer.dtype)
+    concatenation, as the engine's selection), from the layers' exact 16-bit histograms and their sum
+    ``everything``."""
     cum = torch.cumsum(everything.counts, 0)
     bound = int(torch.searchsorted(cum, torch.tensor([prune]))[0]) if prune else -1  # the key of the last one pruned
     need = prune - (int(cum[bound - 1]) if bound > 0 else 0)
@@ -211,32 +257,28 @@ def analyze_source(
     everything = _Pool(p, q)
     groups: dict[str, tuple[_Pool, list[_Layer]]] = {}
     tally = MetricsTally() if metrics else None
-    selected = set(names)
-    for name, w, m in source.stream(list(source.infos) if metrics else names):
-        if tally is not None:
-            tally.add(name, w, m)
-        if name not in selected:
-            continue
-        try:
-            layer = _read_layer(name, w, m, p, q, scope)
-        except ValueError as err:
-            raise FileFormatError(f"{source.what}: {err}") from err
+
+    def pooled(layer: _Layer, w: Tensor, m: Tensor | None) -> None:
+        nonlocal held, held_numel
         held_numel += w.numel()
-        held = None if held is None or held_numel > exact_limit else {**held, name: (w, m)}
+        held = None if held is None or held_numel > exact_limit else {**held, layer.name: (w, m)}
         everything.add(layer)
         if group_by is not None:
-            pool, members = groups.setdefault(role(name), (_Pool(p, q), []))
+            pool, members = groups.setdefault(role(layer.name), (_Pool(p, q), []))
             pool.add(layer)
             members.append(layer)
         layer.keys = None  # pooled: the binned histogram is not needed any more
         layers.append(layer)
-        del w, m
+
+    for layer, w, m in _read_layers(source, names, p, q, scope, tally):
+        pooled(layer, w, m)
     all_half = all(layer.half is not None for layer in layers)
     global_gini = everything.gini() if all_half or held is None else _exact_gini(held)
     if scope == "global":
         prune = sap_prune_count(everything.pqi(), everything.alive, p, q)
         if all_half:
-            _split_by_histograms(layers, prune)
+            assert everything.hist is not None  # every layer was added to it
+            _split_by_histograms(layers, everything.hist, prune)
         else:
             _split_streamed(source, layers, prune)
     exact_global = all_half or held is not None

@@ -49,7 +49,6 @@ _ST_DTYPES: dict[str, torch.dtype] = {
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32")):
     if hasattr(torch, _attr):
         _ST_DTYPES[_name] = getattr(torch, _attr)
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_OPCODE = 0x80
 # A safetensors header larger than this is not a header (the format caps it at 100 MB).
@@ -200,15 +199,9 @@ class SafetensorsReader:
             # Map from the page holding the first byte: mmap offsets must be multiples of the allocation size.
             offset = self._start + begin
             page = offset - offset % mmap.ALLOCATIONGRANULARITY
-            # Private (copy-on-write: the tensor may be written, the file never is), and populated: the pages are
-            # mapped in one call rather than one fault at a time.
-            mapped = mmap.mmap(
-                fh.fileno(),
-                offset - page + end - begin,
-                flags=mmap.MAP_PRIVATE | _POPULATE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                offset=page,
-            )
+            # Private, copy-on-write: the tensor may be written, the file never is. Not MAP_POPULATE: populating a
+            # writable private mapping copies every page.
+            mapped = mmap.mmap(fh.fileno(), offset - page + end - begin, access=mmap.ACCESS_COPY, offset=page)
         raw = np.frombuffer(mapped, dtype=np.uint8, count=end - begin, offset=offset - page)
         return torch.from_numpy(raw).view(info.dtype).reshape(info.shape)
 

@@ -22,9 +22,9 @@ from torch import Tensor
 from pqprune.checkpoint.sources import Source, SourceMasks, SourceWeights
 from pqprune.checkpoint.sparse_stream import check_finite, sparse_export
 from pqprune.checkpoint.writer import header_bound, safetensors_writer
-from pqprune.files import FileFormatError, format_stamp
+from pqprune.files import FileFormatError
 from pqprune.measure.weights import GLOBAL, Scope
-from pqprune.prune.masks import MASK_FORMAT, MASK_FORMAT_VERSION
+from pqprune.prune.masks import MASKS
 from pqprune.prune.methods.base import Method, UnitRecord
 from pqprune.prune.select import global_masks, score_stream, select_prune
 
@@ -94,7 +94,7 @@ def prune_source(
             raise FileFormatError(f"{source.what}: {err}") from err
         raise
     result = PruneResult(records=plan.records)
-    mask_meta = format_stamp(MASK_FORMAT, MASK_FORMAT_VERSION)
+    mask_meta = MASKS.stamp()
     selected = set(names)
     with contextlib.ExitStack() as stack:
         masks_w = stack.enter_context(

@@ -36,12 +36,12 @@ import torch
 from torch import Tensor
 
 from pqprune.checkpoint.formats import SafetensorsReader, TensorInfo, detect, load_torch
-from pqprune.experiment.rundir import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunDir
-from pqprune.export.shrink import SHRUNK_FORMAT
-from pqprune.export.sparse import SPARSE_FORMAT, SPARSE_FORMAT_VERSION, decode_entry
-from pqprune.files import FileFormatError, check_format
-from pqprune.measure.weights import MEASURED_DTYPES, check_mask, prunable_by_default
-from pqprune.prune.masks import MASK_FORMAT, MASK_FORMAT_VERSION
+from pqprune.experiment.rundir import ROUND, RunDir
+from pqprune.export.shrink import SHRUNK
+from pqprune.export.sparse import SPARSE, decode_entry
+from pqprune.files import FileFormatError
+from pqprune.measure.weights import MEASURED_DTYPES, check_mask, match_names, prunable_by_default
+from pqprune.prune.masks import MASKS
 from pqprune.prune.methods.base import WeightsOnDemand
 
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -249,7 +249,7 @@ def _run_source(folder: Path, round_: int | None) -> Source:
         raise FileFormatError(f"{folder}: round {round_} {why}; rounds with tensors: {kept or 'none'}")
     doc = rd.read_round(round_)
     reader = SafetensorsReader(rd.tensors(round_))
-    check_format(reader.metadata, reader.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "round checkpoint", 1)
+    ROUND.check(reader.metadata, reader.path)
     model = sorted((k for k in reader.infos if k.startswith("model/")), key=natural_key)
     infos = {k.removeprefix("model/"): reader.infos[k] for k in model}
     infos = {n: TensorInfo(n, i.shape, i.dtype) for n, i in infos.items()}
@@ -268,7 +268,7 @@ def _run_source(folder: Path, round_: int | None) -> Source:
 
 def _sparse_source(path: Path, reader: SafetensorsReader) -> Source:
     """A sparse export: each tensor decoded when read, its mask the stored pattern (zeros for dense ones)."""
-    check_format(reader.metadata, path, SPARSE_FORMAT, SPARSE_FORMAT_VERSION, "sparse export")
+    SPARSE.check(reader.metadata, path)
     try:
         entries = [(str(e[0]), dict(e[1])) for e in json.loads(reader.metadata["tensors"])]
     except (KeyError, ValueError, TypeError, IndexError) as err:
@@ -350,16 +350,16 @@ def _file_source(path: Path, round_: int | None) -> Source:
         return Source(path, str(path), infos, readers, [path])
     reader = SafetensorsReader(path, found)
     fmt = reader.metadata.get("format")
-    if fmt == CHECKPOINT_FORMAT:  # a round file: its run folder at that round
+    if fmt == ROUND.name:  # a round file: its run folder at that round
         m = re.fullmatch(r"round_(\d+)\.safetensors", path.name)
         return _run_source(path.parent, round_ if round_ is not None else int(m.group(1)) if m else None)
-    if fmt == MASK_FORMAT:
+    if fmt == MASKS.name:
         raise FileFormatError(f"{path}: a pqprune mask file, not weights (give it with --masks beside the weights)")
-    if fmt == SPARSE_FORMAT:
+    if fmt == SPARSE.name:
         return _sparse_source(path, reader)
     infos, readers = _from_reader(reader)
     src = Source(path, str(path), infos, readers, [path])
-    if fmt == SHRUNK_FORMAT:  # pruned entries inside the kept neurons are its zeros
+    if fmt == SHRUNK.name:  # pruned entries inside the kept neurons are its zeros
         src.what, src.masks_from = f"shrunk export {path}", str(path)
         src.mask_readers = {
             n: partial(_nonzero, readers[n]) for n, i in infos.items() if prunable_by_default(n, len(i.shape), i.dtype)
@@ -415,17 +415,17 @@ def _attach_masks(src: Source, path: Path) -> None:
     if kind == "safetensors":
         reader = SafetensorsReader(path, found)
         if reader.metadata.get("format") is not None:
-            check_format(reader.metadata, path, MASK_FORMAT, MASK_FORMAT_VERSION, "mask file")
+            MASKS.check(reader.metadata, path)
         infos, readers = _from_reader(reader)
     elif kind == "index":
         raise FileFormatError(f"{path}: a shard index, not a mask file")
     else:
         infos, readers = _from_dict(load_torch(path, kind))
-    unknown = sorted(set(infos) - set(src.infos))
-    if unknown:
-        raise FileFormatError(f"{path}: masks name tensors that {src.what} does not hold: {unknown}")
-    for n, info in infos.items():
-        if info.shape != src.infos[n].shape:
-            raise FileFormatError(f"{path}: mask for {n!r} has shape {info.shape}, the weight has {src.infos[n].shape}")
+    try:
+        match_names(src.infos, infos, str(path))
+        for n, info in infos.items():  # shapes now, from the header; values when each mask is read (Source.mask)
+            check_mask(n, torch.empty(info.shape, dtype=torch.bool, device="meta"), src.infos[n].shape, str(path))
+    except ValueError as err:
+        raise FileFormatError(str(err)) from err
     src.mask_readers, src.masks_from = readers, str(path)
     src.inputs.append(path)

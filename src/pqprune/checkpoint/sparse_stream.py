@@ -15,8 +15,8 @@ from torch import Tensor
 from pqprune.checkpoint.sources import Source
 from pqprune.checkpoint.writer import SafetensorsWriter, header_bound, safetensors_writer
 from pqprune.export.metrics import MetricsTally
-from pqprune.export.sparse import SPARSE_FORMAT, SPARSE_FORMAT_VERSION, encode_tensor
-from pqprune.files import FileFormatError, format_stamp
+from pqprune.export.sparse import SPARSE, encode_tensor
+from pqprune.files import FileFormatError
 
 _SEP = "::"
 
@@ -45,7 +45,7 @@ class SparseExport:
         worst = [
             [n, {"encoding": "bitmask", "shape": list(i.shape), "dtype": "bfloat16"}] for n, i in source.infos.items()
         ]
-        meta = {**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(worst)}
+        meta = {**SPARSE.stamp(), "tensors": json.dumps(worst)}
         return header_bound([*parts, *dense], meta)
 
     def add(self, name: str, w: Tensor, keep: Tensor | None) -> None:
@@ -63,7 +63,7 @@ class SparseExport:
     def finish(self) -> None:
         if not self.pruned:
             raise ValueError("nothing is pruned: every mask keeps every entry (prune the model first)")
-        self.writer.finish({**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(self.entries)})
+        self.writer.finish({**SPARSE.stamp(), "tensors": json.dumps(self.entries)})
 
 
 @contextlib.contextmanager

@@ -75,11 +75,12 @@ def _print_table(report: dict, title: str) -> None:
 
 def _emit(report: dict, as_json: bool, as_csv: bool, title: str) -> None:
     import csv
-    import json
     import sys
 
+    from pqprune.files import to_json
+
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(to_json(report))
     elif as_csv:
         rows = _report_rows(report)
         fields = list(dict.fromkeys(k for r in rows for k in r))

@@ -57,10 +57,9 @@ def prune_command(
 ) -> None:
     """Prune a checkpoint once, without training: the method's counts, exact-k selection, masks written tensor by
     tensor (the same masks as Pruner(model, method, scope).step() on the loaded model)."""
-    import json
 
     from pqprune.checkpoint.prune import prune_source
-    from pqprune.files import FileFormatError
+    from pqprune.files import FileFormatError, to_json
     from pqprune.measure.weights import SCOPES
 
     pruner = _method(method, settings, seed)
@@ -85,7 +84,7 @@ def prune_command(
     if as_json:
         doc = {"source": src.what, "method": pruner.name, "hparams": pruner.hparams(), "scope": scope, **summary}
         doc["out"], doc["sparse_out"] = out, sparse_out
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(to_json(doc))
         return
     _print(summary, f"{src.what}: {pruner!r} at {scope} scope")
     Console().print(

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from pqprune.measure.sums import _CHUNK as _ROWS_CHUNK
+from pqprune.measure.sums import RowStats, _block_sums, row_power_sums
+from pqprune.measure.weights import as_rows
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 HALF_BINS = 1 << 15  # magnitudes of a 16-bit float: its bit patterns without the sign
@@ -45,54 +49,73 @@ def _nonfinite_from(dtype: torch.dtype) -> int:
 
 
 _SIGN_OFF = torch.tensor(0x7FFF, dtype=torch.int16)
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="pqprune-hist")
-    return _POOL
-
-
-def _count_range(bits: Tensor, alive: Tensor | None, start: int, stop: int) -> tuple[Tensor, int]:
-    """Counts of the sign-less patterns of ``bits[start:stop]`` (pruned entries counted as 0) and the number pruned."""
-    counts = torch.zeros(HALF_BINS, dtype=torch.int64)
-    buf = torch.empty(min(_CHUNK, stop - start), dtype=torch.int16)
-    pruned = 0
-    for i in range(start, stop, _CHUNK):
-        part = bits[i : min(i + _CHUNK, stop)]
-        keys = torch.bitwise_and(part, _SIGN_OFF, out=buf[: part.numel()])
-        if alive is not None:
-            dead = alive[i : i + part.numel()].logical_not()
-            keys.masked_fill_(dead, 0)  # counted as zeros, taken off by the caller
-            pruned += int(torch.count_nonzero(dead))
-        counts += torch.bincount(keys, minlength=HALF_BINS)
-    return counts, pruned
 
 
 def half_histogram(w: Tensor, mask: Tensor | None = None, name: str = "tensor") -> Tensor:
     """Counts (int64 [2^15]) of each magnitude among the survivors of the float16/bfloat16 tensor ``w`` (``mask``
-    True = survives), in one pass, a chunk at a time, the chunks shared among threads (counting is single-threaded
-    in PyTorch). Raises ``ValueError`` naming ``name`` if a survivor is NaN or infinite."""
+    True = survives), in one pass, a chunk at a time. Raises ``ValueError`` naming ``name`` if a survivor is NaN or
+    infinite."""
     if w.dtype not in HALF_DTYPES:
         raise ValueError(f"half_histogram takes float16/bfloat16 tensors, got {w.dtype}")
     bits = w.detach().reshape(-1).view(torch.int16)
     alive = None if mask is None else mask.reshape(-1)
-    n = bits.numel()
-    workers = max(1, min(torch.get_num_threads(), n // (4 * _CHUNK)))
-    if workers == 1:
-        counts, pruned = _count_range(bits, alive, 0, n)
-    else:
-        step = -(-n // workers)
-        parts = [_pool().submit(_count_range, bits, alive, a, min(a + step, n)) for a in range(0, n, step)]
-        results = [f.result() for f in parts]
-        counts = torch.stack([c for c, _ in results]).sum(0)
-        pruned = sum(k for _, k in results)
+    counts = torch.zeros(HALF_BINS, dtype=torch.int64)
+    buf = torch.empty(min(_CHUNK, bits.numel()), dtype=torch.int16)
+    pruned = 0
+    for i in range(0, bits.numel(), _CHUNK):
+        part = bits[i : i + _CHUNK]
+        keys = torch.bitwise_and(part, _SIGN_OFF, out=buf[: part.numel()])
+        if alive is not None:
+            dead = alive[i : i + _CHUNK].logical_not()
+            keys.masked_fill_(dead, 0)  # counted as zeros, taken off below
+            pruned += int(torch.count_nonzero(dead))
+        counts += torch.bincount(keys, minlength=HALF_BINS)
     counts[0] -= pruned
     if bool(counts[_nonfinite_from(w.dtype) :].any()):
         raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
     return counts
+
+
+def half_rows(
+    w: Tensor, exponents: Sequence[float], mask: Tensor | None = None, name: str = "tensor"
+) -> tuple[Tensor, RowStats]:
+    """:func:`half_histogram` and :func:`pqprune.measure.sums.row_power_sums` of a float16/bfloat16 tensor in one
+    pass: each block of rows is counted, then widened (its sign-less bit patterns are the magnitudes) and summed,
+    with the same blocks and float32 sums as ``row_power_sums``, so the sums are the same numbers. Rows longer than a
+    block take the two functions one after the other."""
+    rows = as_rows(w.detach())
+    n_rows, n_cols = rows.shape
+    if w.dtype not in HALF_DTYPES or n_cols > _ROWS_CHUNK or not n_rows or not rows.is_contiguous():
+        return half_histogram(w, mask, name), row_power_sums(w, exponents, mask, name)
+    exps = sorted({float(e) for e in exponents})
+    mrows = None if mask is None else as_rows(mask)
+    bits = rows.view(torch.int16)
+    step = max(1, _ROWS_CHUNK // n_cols)
+    keys_buf = torch.empty((min(step, n_rows), n_cols), dtype=torch.int16)
+    mags = torch.empty(keys_buf.shape, dtype=torch.float32)
+    scratch = torch.empty_like(mags)
+    block = {s: torch.empty(n_rows, dtype=torch.float32) for s in exps}
+    counts = torch.zeros(HALF_BINS, dtype=torch.int64)
+    pruned = 0
+    for r0 in range(0, n_rows, step):
+        r1 = min(n_rows, r0 + step)
+        keys = torch.bitwise_and(bits[r0:r1], _SIGN_OFF, out=keys_buf[: r1 - r0])
+        if mrows is not None:
+            dead = mrows[r0:r1].logical_not()
+            keys.masked_fill_(dead, 0)
+            pruned += int(torch.count_nonzero(dead))
+        counts += torch.bincount(keys.view(-1), minlength=HALF_BINS)
+        a = mags[: r1 - r0].copy_(keys.view(w.dtype))
+        _block_sums(a, exps, {s: v[r0:r1] for s, v in block.items()}, scratch[: r1 - r0])
+    counts[0] -= pruned
+    if bool(counts[_nonfinite_from(w.dtype) :].any()):
+        raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
+    count = (
+        torch.full((n_rows,), float(n_cols), dtype=torch.float64)
+        if mrows is None
+        else mrows.sum(dim=1, dtype=torch.float64)
+    )
+    return counts, RowStats(count, {s: v.to(torch.float64) for s, v in block.items()})
 
 
 def key_histogram(w: Tensor, mask: Tensor | None = None, name: str = "tensor") -> tuple[Tensor, Tensor]:
@@ -121,6 +144,13 @@ def half_keys(dtype: torch.dtype) -> Tensor:
     return (half_values(dtype).to(torch.float32).view(torch.int32) >> KEY_SHIFT).to(torch.int64)
 
 
+@functools.lru_cache(maxsize=4)
+def _finite_half(dtype: torch.dtype) -> tuple[int, Tensor, Tensor]:
+    """The finite magnitudes of a 16-bit float ``dtype``: how many (they come first), their key bins, their values."""
+    finite = _nonfinite_from(dtype)
+    return finite, half_keys(dtype)[:finite], half_values(dtype)[:finite]
+
+
 @dataclass
 class Histogram:
     """Survivor counts and magnitude sums per bin, bins in ascending order of magnitude (``values``: each bin's
@@ -142,10 +172,10 @@ class Histogram:
 
     def add_half(self, counts: Tensor, dtype: torch.dtype) -> None:
         """Add a 16-bit tensor's :func:`half_histogram` into this key histogram (exactly)."""
-        keys = half_keys(dtype)
-        finite = half_values(dtype).isfinite()
-        self.counts.index_add_(0, keys[finite], counts[finite])
-        self.sums.index_add_(0, keys[finite], counts[finite].to(torch.float64) * half_values(dtype)[finite])
+        finite, keys, values = _finite_half(dtype)
+        n = counts[:finite]
+        self.counts.index_add_(0, keys, n)
+        self.sums.index_add_(0, keys, n.to(torch.float64) * values)
 
     def add_keys(self, counts: Tensor, sums: Tensor, exact: bool) -> None:
         """Add a :func:`key_histogram` into this key histogram; ``exact``: its bins each hold one magnitude."""

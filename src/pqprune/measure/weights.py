@@ -12,7 +12,7 @@ Every measure is computed over the *surviving* entries of a unit (masks mark sur
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -102,6 +102,10 @@ def as_rows(w: Tensor) -> Tensor:
     return w.reshape(1, -1) if w.dim() <= 1 else w.reshape(w.shape[0], -1)
 
 
+def _prefix(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
 def check_mask(
     name: str, mask: Any, shape: Sequence[int] | None = None, source: str | None = None, allow_01: bool = False
 ) -> Tensor:
@@ -112,7 +116,7 @@ def check_mask(
     Raises:
         ValueError: not a tensor, another shape, or not bool (or not 0/1 with ``allow_01``).
     """
-    where = f"{source}: " if source else ""
+    where = _prefix(source)
     if not isinstance(mask, Tensor):
         raise ValueError(f"{where}mask for {name!r} must be a bool tensor, got a {type(mask).__name__}")
     if shape is not None and tuple(mask.shape) != tuple(shape):
@@ -126,27 +130,49 @@ def check_mask(
     raise ValueError(f"{where}mask for {name!r} must be {expected}, got {found}")
 
 
+def match_names(
+    targets: Iterable[str],
+    given: Iterable[str],
+    source: str | None = None,
+    what: str = "tensor",
+    complete: bool = False,
+    of: str = "masks",
+) -> None:
+    """Check that every name in ``given`` (of masks, or of per-tensor counts: ``of``) is one of ``targets`` (``what``
+    says what they are: "parameter", "prunable weight", …) and, with ``complete``, that every target is given.
+
+    Raises:
+        ValueError: naming the unknown names (the known ones listed) or the missing ones, and ``source``.
+    """
+    known = list(targets)
+    given = set(given)
+    where = _prefix(source)
+    unknown = sorted(given - set(known))
+    if unknown:
+        listed = ", ".join(map(repr, known[:12])) + (f", … ({len(known)} in all)" if len(known) > 12 else "")
+        raise ValueError(f"{where}unknown {what} name(s) {unknown}; the known names are [{listed}]")
+    missing = [n for n in known if n not in given] if complete else []
+    if missing:
+        raise ValueError(f"{where}no {of} for {what}(s) {missing}")
+
+
 def match_masks(
     targets: Mapping[str, Any],
     masks: Mapping[str, Any],
     source: str | None = None,
     allow_01: bool = False,
     what: str = "tensor",
+    complete: bool = False,
 ) -> dict[str, Tensor]:
-    """The one check of a set of masks against the tensors they mask (``targets``: name → tensor or shape): every
-    mask names one of them (``what`` says what they are in errors: "parameter", "prunable weight", …) and passes
-    :func:`check_mask` against its shape. Returns name → bool mask for the masks given (a None entry, "dense", is
-    name-checked and left out).
+    """The one check of a set of masks against the tensors they mask (``targets``: name → tensor or shape): the
+    names by :func:`match_names` (every mask names one of them; with ``complete``, every one has a mask), then each
+    mask by :func:`check_mask` against its shape. Returns name → bool mask for the masks given (a None entry,
+    "dense", is name-checked and left out).
 
     Raises:
-        ValueError: an unknown name (the known ones are listed), or a mask :func:`check_mask` refuses.
+        ValueError: an unknown (or, with ``complete``, missing) name, or a mask :func:`check_mask` refuses.
     """
-    unknown = sorted(set(masks) - set(targets))
-    if unknown:
-        known = list(targets)
-        listed = ", ".join(map(repr, known[:12])) + (f", … ({len(known)} in all)" if len(known) > 12 else "")
-        where = f"{source}: " if source else ""
-        raise ValueError(f"{where}unknown {what} name(s) {unknown}; the {what}s are [{listed}]")
+    match_names(targets, masks, source, what, complete)
     return {n: check_mask(n, m, _shape(targets[n]), source, allow_01) for n, m in masks.items() if m is not None}
 
 
