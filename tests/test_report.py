@@ -75,6 +75,7 @@ def report(db: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 # --------------------------------------------------------------------------------------------- files and HTML
+@pytest.mark.slow
 def test_files_exist(report) -> None:
     out = report.index.parent
     assert report.index.name == "index.html" and report.index.is_file()
@@ -86,6 +87,7 @@ def test_files_exist(report) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
 
 
+@pytest.mark.slow
 def test_html_self_contained(report) -> None:
     page = report.index.read_text(encoding="utf-8")
     assert not re.search(r"https?://", page, re.IGNORECASE)
@@ -123,6 +125,7 @@ def test_summary_numbers(db: Path) -> None:
     assert lt["pqi_peak_round"] is None and lt["final_phase"] == "regularisation"  # no compression phase: no peak
 
 
+@pytest.mark.slow
 def test_summary_markdown(report) -> None:
     md = report.summary_path.read_text(encoding="utf-8")
     assert md == report.summary
@@ -132,6 +135,7 @@ def test_summary_markdown(report) -> None:
     assert cells == ["SAP(0.5,1)", "2", "4", "35", "79.00 ± 1.41", "90.00", "60", "3", "collapse", "–"]
 
 
+@pytest.mark.slow
 def test_where_filters_and_write_report(db: Path, tmp_path: Path) -> None:
     (g,) = load_groups(db, where={"method": "lt", "seed": 1})
     assert [m.label for m in g.methods] == ["LT"] and g.methods[0].seeds == [1]
@@ -169,6 +173,7 @@ def test_errors(db: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- CLI
+@pytest.mark.end_to_end
 def test_cli_report(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = runner.invoke(app, ["report", "--db", str(db), "--where", "method=sap", "--out", str(out)])
@@ -273,3 +278,21 @@ def test_the_chosen_round_of_runs_stopped_at_a_phase(tmp_path: Path) -> None:
     assert row["chosen_density"] == pytest.approx((0.8**2 + 0.8**3 + 0.8**4) / 3)
     assert row["chosen_accuracy"] == pytest.approx((0.89 + 0.89 + 0.62) / 3)
     assert summary_cells(row)[-1] == "2/3/4 (52.05, 80.00)"
+
+
+def test_a_seed_that_has_not_reached_t_is_not_averaged_at_t(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    with Store(db) as store:
+        for seed, rounds in ((0, 5), (1, 3)):  # seed 1 still running: rounds 0-2 recorded
+            s = RunSettings(data="digits", model="mlp", method="lt", scope="global", rounds=4, epochs=1, seed=seed)
+            store.start_run(s.run_id(), s.run_hash(), s.resolved().to_dict())
+            for t in range(rounds):
+                store.record_round(s.run_id(), t, {"density": 0.8**t, "test_accuracy": 0.9 - 0.01 * seed})
+            if rounds == 5:
+                store.set_status(s.run_id(), "finished")
+    (g,) = load_groups(db)
+    row = summary_row(g.methods[0])
+    assert row["seeds"] == 2 and row["seeds_at_last_round"] == 1 and row["last_round"] == 4
+    assert row["final_accuracy"] == pytest.approx(0.9)
+    cells = summary_cells(row)
+    assert cells[1] == "2 (1 at T)" and cells[4] == "90.00"  # no ± over a single seed

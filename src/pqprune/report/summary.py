@@ -107,7 +107,7 @@ def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     the mean round-0 (dense) accuracy minus ``tolerance``. The phase and peak follow :func:`phases`; the chosen
     round of runs that stopped at a phase follows :func:`chosen_result`.
     """
-    acc, acc_sd, _ = mean_std(m.column("test_accuracy"))
+    acc, acc_sd, acc_n = mean_std(m.column("test_accuracy"))
     dens, _, _ = mean_std(m.column("density"))
     pqi, _, _ = mean_std(m.column("pqi"))
     have = np.where(np.isfinite(acc) | np.isfinite(dens))[0]
@@ -119,6 +119,8 @@ def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
     return {
         "method": m.label,
         "seeds": len(m.rounds),
+        # Unfinished runs: the values at T are over the seeds that have reached it.
+        "seeds_at_last_round": int(acc_n[last]) if len(acc_n) else 0,
         "last_round": last,
         "dense_accuracy": finite_or_none(dense),
         "final_density": finite_or_none(dens[last]) if len(dens) else None,
@@ -158,11 +160,13 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 def summary_cells(row: Mapping[str, Any]) -> list[str]:
     """A :func:`summary_row` as the strings of :data:`SUMMARY_COLUMNS` (percentages, '–' for missing)."""
     acc = _pct(row["final_accuracy"])
-    if row["final_accuracy"] is not None and row["seeds"] > 1 and row["final_accuracy_std"] is not None:
+    at_last = row["seeds_at_last_round"]
+    if row["final_accuracy"] is not None and at_last > 1 and row["final_accuracy_std"] is not None:
         acc += f" ± {_pct(row['final_accuracy_std'])}"
+    seeds = str(row["seeds"]) if at_last == row["seeds"] else f"{row['seeds']} ({at_last} at T)"
     return [
         row["method"],
-        str(row["seeds"]),
+        seeds,
         str(row["last_round"]),
         _pct_sig(row["final_density"]),
         acc,
