@@ -56,3 +56,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "runs" / "pqprune.db")
     return str(request.getfixturevalue("postgres_url"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the real PostgreSQL server are ``slow``: the server's start and a database per test cost seconds."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_server = callspec is not None and callspec.params.get("db_url") == "postgresql"
+        if on_server or {"postgres_server", "postgres_url"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -86,6 +86,7 @@ _HOLD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_killed_process_of_this_machine_loses_its_claim_at_once(db_url: str) -> None:
     proc = subprocess.Popen([sys.executable, "-c", _HOLD, db_url], stdout=subprocess.PIPE, text=True)
     try:

@@ -179,6 +179,7 @@ def test_unknown_name_and_option() -> None:
 
 
 # --------------------------------------------------------------------------------------------- built in, offline
+@pytest.mark.slow
 def test_digits_splits_sizes_and_determinism() -> None:
     a = get_dataset("digits", seed=3, val_fraction=0.1)
     b = get_dataset("digits", seed=3, val_fraction=0.1)
@@ -197,6 +198,7 @@ def test_digits_splits_sizes_and_determinism() -> None:
     assert sum(row.numpy().tobytes() in tr for row in a.val.x) <= 2  # digits has a few exact duplicates
 
 
+@pytest.mark.slow
 def test_mnist5k_offline() -> None:
     d = get_dataset("mnist5k", val_fraction=0.1)
     assert d.input_shape == (1, 28, 28) and d.num_classes == 10
@@ -206,6 +208,7 @@ def test_mnist5k_offline() -> None:
     assert float(d.train.x.min()) == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_mnist1d_offline_without_files_or_rng_side_effects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     np_state, py_state = np.random.get_state()[1].copy(), random.getstate()

@@ -141,6 +141,7 @@ def test_expand_grid_and_summary() -> None:
 
 
 # --------------------------------------------------------------------------------------------- the loop
+@pytest.mark.end_to_end
 def test_a_run_records_every_round(reference: dict) -> None:
     result, root = reference["result"], reference["root"]
     assert result.status == "finished" and not result.reused
@@ -181,6 +182,7 @@ def test_a_run_records_every_round(reference: dict) -> None:
         assert bool((w[~m] == 0).all())
 
 
+@pytest.mark.end_to_end
 def test_finished_run_is_reused_and_database_rebuilt_from_checkpoints(reference: dict) -> None:
     root = reference["root"]
     again = run_experiment(TINY, root / "db.sqlite", root / "runs")
@@ -194,6 +196,7 @@ def test_finished_run_is_reused_and_database_rebuilt_from_checkpoints(reference:
         assert s.get_run(TINY.run_id())["status"] == "finished"
 
 
+@pytest.mark.end_to_end
 def test_ctrl_c_marks_interrupted_and_resume_is_identical(tmp_path: Path, reference: dict) -> None:
     def interrupt(event: dict) -> None:
         if event["event"] == "epoch" and event["round"] == 2:
@@ -256,6 +259,7 @@ def test_sigkill_mid_round_then_resume_is_identical(tmp_path: Path, reference: d
     assert all(torch.equal(masks[k], reference["masks"][k]) for k in reference["masks"])
 
 
+@pytest.mark.end_to_end
 def test_a_crash_between_checkpoint_and_database_is_repaired(tmp_path: Path, reference: dict) -> None:
     """Round files are written before the database row: a row lost in between is restored from the JSON."""
     db, runs = tmp_path / "db.sqlite", tmp_path / "runs"
@@ -275,6 +279,7 @@ def _raise_at_epoch(round_index: int):
     return progress
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize(
     "method, scope",
     [("lt", "auto"), ("os", "auto"), ("random", "auto"), ("lq", "auto"), ("sap", "layer"), ("sap", "neuron")],
@@ -291,6 +296,7 @@ def test_every_method_and_scope_runs(tmp_path: Path, method: str, scope: str) ->
         assert abs(d[1] - 0.8) < 1e-3 and abs(d[2] - 0.64) < 1e-3
 
 
+@pytest.mark.end_to_end
 def test_select_on_test_and_late_rewinding(tmp_path: Path) -> None:
     s = RunSettings(
         data="digits", model="mlp", rounds=1, epochs=2, select_on="test", method="lt", method_options={"rewind_step": 3}
@@ -304,6 +310,7 @@ def test_select_on_test_and_late_rewinding(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- bad input
+@pytest.mark.end_to_end
 def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db, runs = tmp_path / "out" / "db.sqlite", tmp_path / "out" / "runs"
     cases = [
@@ -337,6 +344,7 @@ def test_bad_input_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.end_to_end
 def test_a_run_computed_elsewhere_is_busy(tmp_path: Path) -> None:
     with Store(tmp_path / "db.sqlite") as store, store.claim(TINY.run_id()):
         with pytest.raises(RunBusy, match="another process"):

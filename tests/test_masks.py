@@ -13,7 +13,7 @@ from torch.nn.utils import prune
 
 from pqprune import MaskSet, load_masks
 from pqprune.files import FileFormatError, read_safetensors_metadata
-from pqprune.prune.masks import MASK_FORMAT_VERSION, discover, from_torch_prune, to_torch_prune
+from pqprune.prune.masks import MASKS, discover, from_torch_prune, to_torch_prune
 
 
 class Net(nn.Module):
@@ -96,7 +96,7 @@ def test_save_load_round_trip(tmp_path):
     ms.update(_random_masks(ms))
     path = ms.save(tmp_path / "m.safetensors")
     meta = read_safetensors_metadata(path)
-    assert meta["format"] == "pqprune.masks" and int(meta["format_version"]) == MASK_FORMAT_VERSION
+    assert meta["format"] == "pqprune.masks" and int(meta["format_version"]) == MASKS.version
     loaded = load_masks(path)
     assert loaded.keys() == ms.masks.keys() and all(torch.equal(loaded[n], ms[n]) for n in loaded)
     fresh = MaskSet(Net())
@@ -123,8 +123,15 @@ def test_bad_mask_files(tmp_path):
         load_masks(truncated)
     other = tmp_path / "other.safetensors"
     MaskSet(nn.Sequential(nn.Linear(3, 3))).save(other)
-    with pytest.raises(FileFormatError, match="no masks for"):
+    with pytest.raises(FileFormatError, match=r"other.safetensors: unknown masked parameter name\(s\) \['0.weight'\]"):
         ms.load(other)
+    partial = tmp_path / "partial.safetensors"
+    MASKS.save_tensors({"fc1.weight": ms["fc1.weight"]}, partial)
+    with pytest.raises(
+        FileFormatError,
+        match=r"partial.safetensors: no masks for masked parameter\(s\) \['conv.weight', 'fc2.weight'\]",
+    ):
+        ms.load(partial)
 
 
 def test_torch_prune_export_round_trip():
@@ -165,6 +172,8 @@ def test_torch_prune_import_and_apply():
         from_torch_prune({"a.weight_orig": torch.ones(2)})
     with pytest.raises(ValueError, match=r"unknown state dict entry name\(s\) \['a.weight'\]"):
         to_torch_prune({}, {"a.weight": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"mask for 'a.weight_mask' has shape \(3,\), the weight has \(2,\)"):
+        from_torch_prune({"a.weight_orig": torch.ones(2), "a.weight_mask": torch.ones(3)})
 
 
 def test_model_untouched_copy_and_pickle():

@@ -183,8 +183,14 @@ def test_random_matched_copies_counts_not_positions():
         if scope == "neuron":
             assert all(torch.equal(pr.masks[n].sum(1), ref[n].sum(1)) for n in ref)
         assert any(not torch.equal(pr.masks[n], ref[n]) for n in ref)
-    with pytest.raises(ValueError, match="reference lacks"):
+    with pytest.raises(
+        ValueError, match=r"random_matched: the reference: no masks or counts for prunable weight\(s\) \['2.weight'"
+    ):
         Pruner(_net(), RandomMatched({"0.weight": ref["0.weight"]})).step()
+    with pytest.raises(ValueError, match=r"random_matched: the reference: unknown prunable weight name\(s\) \['x'\]"):
+        Pruner(_net(), RandomMatched({**ref, "x": ref["0.weight"]})).step()
+    with pytest.raises(ValueError, match=r"random_matched: reference: mask for '0.weight' has shape"):
+        Pruner(_net(), RandomMatched({**ref, "0.weight": ref["0.weight"].T})).step()
 
 
 def test_lq_neuron_rules():

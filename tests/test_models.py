@@ -27,6 +27,7 @@ def test_prunable_counts_of_the_paper(name: str, shape: tuple[int, ...], classes
     assert _count(build_model(name, shape, classes)) == expected
 
 
+@pytest.mark.slow
 def test_large_models_build_with_standard_sizes() -> None:
     # Counted, never run forward: these are the CIFAR WideResNet-28-8 (~23.3M) and ResNet50 (~23.5M).
     assert _count(build_model("wresnet28x8", (3, 32, 32), 10)) == 23_340_464

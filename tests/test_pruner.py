@@ -118,6 +118,7 @@ METHODS = {
 }
 
 
+@pytest.mark.slow
 @given(
     method=st.sampled_from(sorted(METHODS)),
     scope=st.sampled_from(["global", "layer", "neuron"]),
@@ -153,6 +154,7 @@ def test_invariants_over_many_rounds(method, scope, seed):
         prev = now
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt_name", ["sgd", "adam", "adamw"])
 def test_optimizers_never_revive_pruned_weights(opt_name):
     torch.manual_seed(0)
@@ -187,6 +189,7 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_skipping_gradient_masks_changes_nothing_for_elementwise_optimizers(opt_name):
     """wrap() masks gradients only for optimizers that are not element-wise: for these, the model is the same
@@ -238,6 +241,7 @@ def test_enforce_follows_parameters_to_new_storage():
     assert any((p.detach()[pr.masks[n]] != 0).any() for n, p in pr.maskset.params().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_models_prune_train_rewind(name):
     make, shape = MODELS[name]

@@ -44,6 +44,7 @@ def _case(draw):
     return scores, alive, draw(st.floats(0, 1))
 
 
+@pytest.mark.slow
 @given(_case())
 @settings(max_examples=150, deadline=None)
 def test_global_equals_stable_sort(case):
@@ -154,6 +155,7 @@ def _wide_case(draw):
     return scores, alive, draw(st.floats(0, 1)), draw(st.integers(1, 9))
 
 
+@pytest.mark.slow
 @given(_wide_case())
 @settings(max_examples=200, deadline=None)
 def test_global_radix_equals_stable_sort_any_floats(case):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pqprune.experiment.settings import SettingsError, parse_assignment, parse_assignments, parse_value
-from pqprune.files import finite_or_none, json_safe
+from pqprune.experiment.settings import RunSettings, SettingsError, parse_assignment, parse_assignments, parse_value
+from pqprune.files import finite_or_none, json_safe, to_json
+from pqprune.prune.methods.base import Option, coerce_value
 from pqprune.report.summary import min_density_within
 
 
@@ -21,6 +22,12 @@ def test_non_finite_numbers_become_none_everywhere_in_a_document() -> None:
     assert finite_or_none("text") == "text" and finite_or_none(None) is None
     doc = {"a": [1.0, math.nan, (2, math.inf)], 3: {"b": np.float32("nan"), "c": "x"}}
     assert json_safe(doc) == {"a": [1.0, None, [2, None]], "3": {"b": None, "c": "x"}}
+
+
+def test_json_text_is_always_valid_json() -> None:
+    doc = {"b": [math.inf, np.float64(0.5)], "a": torch.tensor(float("nan")), "c": {"d": -math.inf}}
+    assert to_json(doc, indent=None, sort_keys=True) == '{"a": null, "b": [null, 0.5], "c": {"d": null}}'
+    assert to_json([1, 2]) == "[\n  1,\n  2\n]"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +57,28 @@ def test_values_read_as_json_then_yaml_lists_else_text(text: str, value: object)
     assert parse_value(text) == value
 
 
+@pytest.mark.parametrize(
+    ("kind", "text", "value"),
+    [(bool, "yes", True), (bool, "OFF", False), (bool, 1, True), (int, "3", 3), (int, 4.0, 4), (float, "1e-3", 0.001)],
+)
+def test_settings_and_method_options_read_typed_values_the_same_way(kind: type, text: object, value: object) -> None:
+    assert coerce_value(kind, text) == value
+    assert Option("x", kind, None, "").coerce(text) == value
+    name = {bool: "nesterov", int: "epochs", float: "lr"}[kind]
+    assert getattr(RunSettings.from_dict({name: text}), name) == value
+
+
+@pytest.mark.parametrize(("kind", "text"), [(bool, "maybe"), (bool, 2), (int, 2.5), (int, True), (float, "nan")])
+def test_settings_and_method_options_refuse_the_same_values(kind: type, text: object) -> None:
+    with pytest.raises(ValueError):
+        coerce_value(kind, text)
+    with pytest.raises(ValueError, match="option 'x' takes a"):
+        Option("x", kind, None, "").coerce(text)
+    name = {bool: "nesterov", int: "epochs", float: "lr"}[kind]
+    with pytest.raises(SettingsError, match=f"setting '{name}' must be a {kind.__name__}"):
+        RunSettings.from_dict({name: text})
+
+
 def test_a_list_of_assignments_reads_keys_and_values_and_the_last_one_wins() -> None:
     got = parse_assignments(["seed=0", "method=sap", "hidden=[64, 64]", "target-density=0.1", "seed=2"], "--where")
     assert got == {"seed": 2, "method": "sap", "hidden": [64, 64], "target_density": 0.1}
@@ -68,6 +97,7 @@ def test_min_density_within_one_point_of_dense() -> None:
     assert min_density_within(density, [0.9, 0.895, 0.85, 0.8, 0.7], tolerance=0.05) == 0.64
 
 
+@pytest.mark.end_to_end
 def test_plotting_leaves_the_callers_backend_and_pyplot_alone(tmp_path) -> None:
     import subprocess
     import sys
@@ -125,3 +155,19 @@ def test_one_mask_check_behind_every_entry_point(entry: str) -> None:
             ValueError, match=r"unknown [a-z ]+ name\(s\) \['fc9\.weight'\]; the [a-z ]+s are \['fc\.weight'"
         ):
             use({"fc9.weight": torch.ones(2, 3, dtype=torch.bool)})
+
+
+def test_torch_threads_restores_the_callers_count_also_after_an_error() -> None:
+    from pqprune.threads import torch_threads
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with torch_threads(other) as n:
+        assert n == other and torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(other):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="thread count must be >= 1, got 0"), torch_threads(0):
+        pass
+    assert torch.get_num_threads() == before

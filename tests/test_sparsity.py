@@ -247,6 +247,7 @@ def _sample(kind: str, d: int, g: torch.Generator) -> torch.Tensor:
     return w * (torch.rand(d, generator=g) < 0.05).double()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["normal", "laplace", "cauchy", "uniform", "sparse"])
 @pytest.mark.parametrize("p,q", [(0.5, 1.0), (1.0, 2.0), (0.3, 1.7)])
 def test_theorem2_bound_holds_for_every_r(kind, p, q):
@@ -525,6 +526,7 @@ def test_mask_errors():
         pq_index({"a.weight": torch.ones(2, 2)}, masks={"b.weight": torch.ones(2, 2, dtype=torch.bool)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_agrees_with_float64(dtype):
     w = torch.randn(300, 700, generator=gen(5)).to(dtype)
@@ -540,6 +542,7 @@ def test_half_precision_agrees_with_float64(dtype):
     assert gini(w) == pytest.approx(gini(ref), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_large_tensor_agrees_with_float64_reference():
     """> 10M float32 entries: one-pass sums vs a float64 computation (float32 norms are badly off here)."""
     n_rows, n_cols = 5, 2_100_000  # rows longer than a block: exercises the column-sliced path too

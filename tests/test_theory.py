@@ -242,6 +242,7 @@ def _teacher(dims, gen, c=1.0):
     return nn.Sequential(*layers[:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relative,eps,q", [(True, 0.5, 0.5), (False, 0.3, 0.5), (True, 0.5, 0.7)])
 def test_lq_network_bound_never_violated_on_teacher(relative, eps, q):
     """Gap ≤ bound on 40k inputs (uniform in the box, corners) plus gradient ascent in the box.
@@ -360,6 +361,7 @@ SPECS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.arch}-{s.method}-{s.dist}-d{s.depth}")
 def test_guaranteed_probability_never_above_monte_carlo(spec):
     """The bound's probability ≤ the Wilson upper end of p̂ at several ε, incl. ε where it is not trivial."""
@@ -447,3 +449,25 @@ def test_keep_largest_mask_is_the_engines_selection_ties_included() -> None:
     c = (survivors - keep).clamp(min=0)
     pruned = select_prune(magnitude_scores({"w": w}), {"w": c}, "neuron", {"w": alive})["w"]
     assert torch.equal(kept, alive & ~pruned)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan, "1"])
+def test_every_input_bound_is_checked_the_same_way(bad: object) -> None:
+    from pqprune.prune.methods.lq import LqNeuron
+    from pqprune.theory.teacher_study import teacher_study
+
+    w = torch.randn(3, 4)
+    message = r"^input_bound must be a finite number >= 0, got "
+    calls = [
+        lambda: T.lq_keep_counts(w, 0.5, 0.1, bad),
+        lambda: T.lq_neuron_bound(w, torch.ones(3, dtype=torch.int64), 0.5, bad),
+        lambda: T.lq_layer_bound(w, 0.5, 0.1, bad),
+        lambda: LqNeuron(q=0.5, rule="bound", eps=0.1, input_bound=bad),
+        lambda: LqNeuron(q=0.5, rule="bound", eps=0.1, input_bound={"w": bad}),
+        lambda: teacher_study("normal", input_bound=bad),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(ValueError, match=r"input_bound must be > 0: the test inputs fill the box"):
+        teacher_study("normal", input_bound=0.0)  # a bound of 0 is a valid rule input, not a box to test in

@@ -206,6 +206,7 @@ def test_teacher_bad_input():
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+@pytest.mark.end_to_end
 def test_cli_theory_mc_table_json_db_and_figure(tmp_path):
     db, out = tmp_path / "r.db", tmp_path / "out"
     args = [
@@ -242,14 +243,17 @@ def test_cli_theory_mc_table_json_db_and_figure(tmp_path):
     assert (out / "theory_mc.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "theory_mc.json").read_text())
     assert saved["format"] == "pqprune.theory_mc" and len(saved["cells"]) > 0
-    r = runner.invoke(app, [*args, "--json"])
+    before = torch.get_num_threads()
+    r = runner.invoke(app, [*args, "--json", "--threads", "2"])
     assert r.exit_code == 0, r.output
-    data = json.loads(r.stdout)
+    assert torch.get_num_threads() == before  # the caller's thread count is restored
+    data = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert len(data) == 8 and {d["eps"] for d in data} == {0.5, 50.0} and {d["arch"] for d in data} == {"fcn", "cnn"}
     with Store(db) as store:
         assert len(theory_cells(store)) == 16  # two invocations, eight cells each
 
 
+@pytest.mark.end_to_end
 def test_cli_theory_teacher(tmp_path):
     r = runner.invoke(
         app,

@@ -1,8 +1,9 @@
-"""Reading and writing tensors on disk: safe loading, atomic saving.
+"""Reading and writing files: safe loading, atomic saving, and the format and version every file carries.
 
 Every file pqprune writes goes through :func:`atomic_write` (temp file in the same folder, fsync, rename), so a
-crash or Ctrl-C leaves either the old file or the new one, never half of one. Pickled files are loaded with
-``torch.load(weights_only=True)`` only: a file that needs arbitrary code to unpickle is refused.
+crash or Ctrl-C leaves either the old file or the new one, never half of one, and is written and read through
+its :class:`FileFormat`, which names the format and version in the file and checks them on read. Pickled files
+are loaded with ``torch.load(weights_only=True)`` only: a file that needs arbitrary code to unpickle is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,12 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return finite_or_none(obj)
+
+
+def to_json(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """JSON text of ``obj`` with every non-finite number as null (:func:`json_safe`): what pqprune writes or prints
+    as JSON is always valid JSON (``NaN`` and ``Infinity`` are not)."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -113,15 +121,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 def save_tensors(
     tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to the CPU."""
+    """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to the CPU. pqprune's own
+    files are written by :meth:`FileFormat.save_tensors`, which names their format in ``metadata``."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=meta))
 
 
 def save_json(obj: object, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (sorted keys, indented, so files diff well)."""
-    text = json.dumps(obj, indent=2, sort_keys=True)
+    """Write JSON atomically (:func:`to_json`: sorted keys and indented, so files diff well; non-finite numbers as
+    null). pqprune's own documents are written by :meth:`FileFormat.save_json`, which names their format."""
+    text = to_json(obj, sort_keys=True)
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
@@ -139,82 +149,110 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------- formats
 # Every file pqprune writes names its format and version the same way: keys "format" and "format_version" in a
-# safetensors file's metadata or at the top of a JSON document (the CHANGELOG lists them all). Readers check
-# both through check_format, so a foreign file or one written by a newer pqprune is refused with one clear line.
+# safetensors file's metadata or at the top of a JSON document. Each format is declared once, as a FileFormat
+# beside the code that writes it, and every read and write goes through that object; FORMATS lists them all
+# (the CHANGELOG's table of on-disk formats is checked against it).
 
 
-def format_stamp(fmt: str, version: int) -> dict[str, str]:
-    """The metadata naming a file's format and version (strings, as safetensors metadata must be)."""
-    return {"format": fmt, "format_version": str(version)}
+class NewerFormatError(FileFormatError):
+    """A file was written by a newer pqprune, in a format version this one cannot read."""
 
 
-def check_format(
-    header: Mapping[str, Any],
-    path: str | os.PathLike,
-    fmt: str,
-    max_version: int,
-    what: str,
-    unversioned: int | None = None,
-) -> int:
-    """Check that ``header`` (safetensors metadata or a JSON document) is format ``fmt`` of a version this pqprune
-    reads (``≤ max_version``); returns the version.
+FORMATS: dict[str, FileFormat] = {}
 
-    ``what`` names the kind of file in errors ("mask file", "round checkpoint", …). Files written by pqprune 0.1.0
-    carry no version, some no format either: ``unversioned`` is the version such a file is read as (None: the
-    version is required). Round JSON documents and pruner states of 0.1.0 kept their version under ``"version"``.
 
-    Raises:
-        FileFormatError: naming ``path``: another format, an unreadable version, or one newer than this reads.
+@dataclass(frozen=True)
+class FileFormat:
+    """One on-disk format: its ``name`` and ``version`` (the one written, and the newest read), and ``what`` the
+    file is, for error messages ("mask file", "round checkpoint", …).
+
+    pqprune 0.1.0 wrote some files without a version: ``legacy`` is the version such a file is read as (None: this
+    format always carried one, so a file without it is refused). ``legacy_unnamed``: 0.1.0 wrote these files
+    without a format name either (run settings, the pruner's state), so a missing name is read as this format.
     """
-    found = header.get("format")
-    raw = header.get("format_version", header.get("version"))
-    if raw is None and unversioned is not None and found in (None, fmt):
-        return unversioned
-    if found != fmt:
-        raise FileFormatError(f"{path}: not a pqprune {what} (format={found!r}, expected {fmt!r})")
-    try:
-        version = int(raw)
-    except (TypeError, ValueError):
-        raise FileFormatError(f"{path}: bad {what} format version {raw!r}") from None
-    if version > max_version:
-        raise FileFormatError(
-            f"{path}: {what} format version {version} is newer than this pqprune reads ({max_version}); "
-            "upgrade pqprune to read it"
-        )
-    return version
 
+    name: str
+    version: int
+    what: str
+    legacy: int | None = None
+    legacy_unnamed: bool = False
 
-def read_format_metadata(
-    path: str | os.PathLike, fmt: str, max_version: int, what: str, unversioned: int | None = None
-) -> dict[str, str]:
-    """Metadata of a pqprune safetensors file of format ``fmt``, checked by :func:`check_format`."""
-    meta = read_safetensors_metadata(path)
-    check_format(meta, path, fmt, max_version, what, unversioned)
-    return meta
+    def __post_init__(self) -> None:
+        known = FORMATS.setdefault(self.name, self)
+        if known != self:
+            raise ValueError(f"file format {self.name!r} is declared twice, differently: {known} and {self}")
 
+    def tag(self) -> dict[str, Any]:
+        """The keys naming this format and version at the top of a document (JSON, or a state dict)."""
+        return {"format": self.name, "format_version": self.version}
 
-def read_json_document(
-    path: str | os.PathLike, fmt: str, max_version: int, what: str, unversioned: int | None = None
-) -> dict[str, Any]:
-    """A JSON document pqprune wrote (an object with ``format``/``format_version``), checked by :func:`check_format`.
+    def stamp(self) -> dict[str, str]:
+        """The metadata naming this format and version (strings, as safetensors metadata must be)."""
+        return {k: str(v) for k, v in self.tag().items()}
 
-    Raises:
-        FileFormatError: the file is missing, not JSON, not an object, or fails the format check.
-    """
-    path = _existing(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise FileFormatError(f"{path}: unreadable {what} ({err})") from err
-    if not isinstance(doc, dict):
-        raise FileFormatError(f"{path}: not a pqprune {what} (a JSON {type(doc).__name__}, not an object)")
-    check_format(doc, path, fmt, max_version, what, unversioned)
-    return doc
+    def check(self, header: Mapping[str, Any], path: str | os.PathLike) -> int:
+        """The version of the file at ``path`` whose ``header`` (safetensors metadata or JSON document) is given.
 
+        Raises:
+            FileFormatError: naming ``path``: another format, or an unreadable or missing version.
+            NewerFormatError: naming ``path`` and both versions: written by a newer pqprune.
+        """
+        found = header.get("format")
+        if found is None and self.legacy_unnamed:
+            found = self.name
+        if found != self.name:
+            raise FileFormatError(f"{path}: not a pqprune {self.what} (format={found!r}, expected {self.name!r})")
+        raw = header.get("format_version", header.get("version"))  # 0.1.0's round records and pruner states
+        if raw is None:
+            if self.legacy is None:
+                raise FileFormatError(f"{path}: {self.what} without a format version")
+            return self.legacy
+        try:
+            version = int(raw)
+        except (TypeError, ValueError):
+            raise FileFormatError(f"{path}: bad {self.what} format version {raw!r}") from None
+        if version > self.version:
+            raise NewerFormatError(
+                f"{path}: {self.what} format version {version} is newer than this pqprune reads ({self.version}); "
+                "upgrade pqprune to read it"
+            )
+        return version
 
-def save_json_document(obj: Mapping[str, Any], path: str | os.PathLike, fmt: str, version: int) -> Path:
-    """Write ``obj`` with its format and version as JSON, atomically (non-finite numbers as null)."""
-    return save_json(json_safe({**obj, "format": fmt, "format_version": version}), path)
+    def save_tensors(
+        self, tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+    ) -> Path:
+        """Write ``tensors`` as a safetensors file of this format, atomically (``metadata``: further entries)."""
+        return save_tensors(tensors, path, {**(metadata or {}), **self.stamp()})
+
+    def load_tensors(self, path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """The tensors and metadata of a safetensors file of this format, checked by :meth:`check` first.
+
+        Raises:
+            FileFormatError: the file is missing, not safetensors, or of another (or newer) format.
+        """
+        meta = read_safetensors_metadata(path)
+        self.check(meta, path)
+        return load_state_dict(path), meta
+
+    def save_json(self, doc: Mapping[str, Any], path: str | os.PathLike) -> Path:
+        """Write ``doc`` with this format's name and version as JSON, atomically (non-finite numbers as null)."""
+        return save_json({**doc, **self.tag()}, path)
+
+    def read_json(self, path: str | os.PathLike) -> dict[str, Any]:
+        """A JSON document of this format (an object), checked by :meth:`check`.
+
+        Raises:
+            FileFormatError: the file is missing, not JSON, not an object, or of another (or newer) format.
+        """
+        path = _existing(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise FileFormatError(f"{path}: unreadable {self.what} ({err})") from err
+        if not isinstance(doc, dict):
+            raise FileFormatError(f"{path}: not a pqprune {self.what} (a JSON {type(doc).__name__}, not an object)")
+        self.check(doc, path)
+        return doc
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

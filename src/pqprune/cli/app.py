@@ -87,7 +87,7 @@ def _split_list(value: str) -> list[str]:
 
 def _csv_values(option: str, value: str, cast: type) -> list:
     """Parse a comma-separated option (``--widths 16,32,64``) or fail with exit code 2 naming the option."""
-    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    items = _split_list(value)
     if not items:
         fail(f"{option}: give at least one value")
     try:

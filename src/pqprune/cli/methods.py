@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
@@ -10,6 +9,7 @@ from rich.console import Console
 
 from pqprune.cli.app import app
 from pqprune.cli.tables import _text_table
+from pqprune.files import to_json
 
 
 @app.command("methods")
@@ -41,7 +41,7 @@ def methods_command(as_json: bool = typer.Option(False, "--json", help="Print JS
             }
         )
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(to_json(rows))
         return
     out = Console()
     for row in rows:

@@ -32,13 +32,12 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress (bars in a terminal, one line per round in a log)."),
 ) -> None:
     """Prune and retrain one model (docs/math.md §5); rerunning the same command resumes it, or reuses it if finished."""
-    import json
-
     from pqprune.experiment import run_experiment
     from pqprune.experiment.distributed import DistributedError, launch_rank
     from pqprune.experiment.rundir import RunBusy
     from pqprune.experiment.settings import RunSettings
     from pqprune.experiment.signals import sigterm_as_interrupt
+    from pqprune.files import to_json
 
     # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
     main_rank = launch_rank() == 0
@@ -59,7 +58,7 @@ def run_command(
         return
     if as_json:
         typer.echo(
-            json.dumps(
+            to_json(
                 {
                     "run_id": result.run_id,
                     "status": result.status,
@@ -124,11 +123,10 @@ def sweep_command(
 ) -> None:
     """Run the product of comma-separated lists of settings (e.g. --method sap,lt --seed 0,1,2), skipping finished
     runs, on local worker processes or as Ray tasks on a cluster (docs/cluster.md)."""
-    import json
-
     from pqprune.experiment.settings import RunSettings, load_config, parse_assignment
     from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import expand_grid, run_sweep
+    from pqprune.files import to_json
     from pqprune.prune.methods.registry import option_names
 
     try:
@@ -151,9 +149,7 @@ def sweep_command(
     except KeyboardInterrupt as err:
         stopped(err, "finished rounds are saved; rerun the same command to resume")
     if as_json:
-        typer.echo(
-            json.dumps([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items], indent=2)
-        )
+        typer.echo(to_json([{"run_id": i.run_id, "status": i.status, "message": i.message} for i in items]))
     else:
         _print_sweep_summary(items)
     if any(i.status == "failed" for i in items):
@@ -277,8 +273,7 @@ def runs_command(
     """List the runs of the results database with their result (the last round, or the round chosen by a run that
     stopped at a phase, --stop-at-phase) and, for a run being computed, the machine computing it. Status "stale":
     marked running but no live process claims it (it was killed); rerunning its command resumes it."""
-    import json
-
+    from pqprune.files import to_json
     from pqprune.report.runs import ReportError, canonical_where
 
     if status is not None and status not in SHOWN_STATUSES:
@@ -290,7 +285,7 @@ def runs_command(
     except (*_input_errors(), ReportError) as err:
         fail(str(err))
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(to_json(rows))
         return
     headers = (
         "run",
@@ -352,11 +347,11 @@ def demo_command(
 ) -> None:
     """The default comparison: SAP(0.5,1), SAP(1,2), lottery ticket, one-shot and random pruning of the paper's MLP
     (784-128-256-10) at global scope on real MNIST digits, then a summary table. Rerunning reuses finished runs."""
-    import json
     import time
 
     from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.experiment.sweep import demo_settings, run_sweep
+    from pqprune.files import to_json
     from pqprune.report.summary import summarize
     from pqprune.store import Store
 
@@ -382,7 +377,7 @@ def demo_command(
     report_index = _demo_report(db, runs_dir, runs)  # the demo ends with the report of its runs
     if as_json:
         typer.echo(
-            json.dumps(
+            to_json(
                 {
                     "summary": rows,
                     "seconds": seconds,

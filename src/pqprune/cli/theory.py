@@ -56,10 +56,9 @@ def bound_command(
 ) -> None:
     """Evaluate the theory bounds (docs/math.md §7–8): the probabilistic pruning gap of random networks of given sizes,
     or the ℓ_q per-neuron keep counts and output-change bound of a checkpoint."""
-    import json
     import math
 
-    from pqprune.files import FileFormatError
+    from pqprune.files import FileFormatError, to_json
 
     out = Console()
     try:
@@ -85,7 +84,7 @@ def bound_command(
     except (ValueError, FileFormatError) as err:
         fail(str(err))
     if as_json:
-        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=float))
+        typer.echo(to_json(result, sort_keys=True))
         return
     rows = result["layers"]
     cells = [
@@ -245,13 +244,12 @@ def theory_mc_command(
     """Monte-Carlo study of random and magnitude pruning of random networks [Qian21], docs/math.md §8: for each width,
     depth, density and method, p̂ = P(gap ≤ ε) with its Wilson 95% interval beside the probability the proven
     bound guarantees; cells go to the results database, a table and a figure."""
-    import json
     from pathlib import Path
 
-    import torch
-
+    from pqprune.files import to_json
     from pqprune.store import StoreError, describe
     from pqprune.theory.mc_study import monte_carlo_grid, plot_grid, save_grid
+    from pqprune.threads import torch_threads
 
     grid = dict(
         archs=_csv_values("--arch", arch, str),
@@ -263,7 +261,6 @@ def theory_mc_command(
     )
     if threads < 1:
         fail(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
 
     def progress(cell) -> None:
         if not as_json and cell.eps == grid["eps"][0]:
@@ -274,25 +271,26 @@ def theory_mc_command(
             )
 
     try:
-        cells = monte_carlo_grid(
-            **grid,
-            dist=dist,
-            draws=draws,
-            n_inputs=inputs,
-            restarts=restarts,
-            steps=steps,
-            seed=seed,
-            delta=delta,
-            db=db,
-            progress=progress,
-        )
+        with torch_threads(threads):
+            cells = monte_carlo_grid(
+                **grid,
+                dist=dist,
+                draws=draws,
+                n_inputs=inputs,
+                restarts=restarts,
+                steps=steps,
+                seed=seed,
+                delta=delta,
+                db=db,
+                progress=progress,
+            )
     except (ValueError, StoreError) as err:
         fail(str(err))
     folder = Path(out)
     figure = plot_grid(cells, folder / "theory_mc.png")
     save_grid(cells, folder / "theory_mc.json")
     if as_json:
-        typer.echo(json.dumps([c.as_dict() for c in cells], indent=2, default=float))
+        typer.echo(to_json([c.as_dict() for c in cells]))
         return
     headers = [
         "arch",
@@ -368,34 +366,33 @@ def theory_teacher_command(
     """Teacher experiment [Yang22], docs/math.md §7: prune teachers with controlled soft sparsity by the ℓ_q bound rule,
     the ℓ_q index rule, SAP and magnitude pruning; weights kept vs max/mean output error on the box, each point
     beside magnitude pruning at the same per-layer counts."""
-    import json
     from pathlib import Path
 
-    import torch
-
+    from pqprune.files import to_json
     from pqprune.theory.teacher_study import plot_teacher, save_teacher, teacher_studies
+    from pqprune.threads import torch_threads
 
     hidden_sizes = [h for h in _csv_values("--hidden", hidden, int) if h != 0] if hidden.strip() else []
     if threads < 1:
         fail(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
     try:
-        studies = teacher_studies(
-            _csv_values("--dists", dists, str),
-            input_dim=input_dim,
-            hidden=tuple(hidden_sizes),
-            output_dim=output_dim,
-            df=df,
-            c=c,
-            seed=seed,
-            q=q,
-            input_bound=input_bound,
-            bound_eps=_csv_values("--eps", eps, float),
-            index_gammas=_csv_values("--gammas", gammas, float),
-            sap_gammas=_csv_values("--sap-gammas", sap_gammas, float),
-            densities=_csv_values("--density", densities, float),
-            n_test=n_test,
-        )
+        with torch_threads(threads):
+            studies = teacher_studies(
+                _csv_values("--dists", dists, str),
+                input_dim=input_dim,
+                hidden=tuple(hidden_sizes),
+                output_dim=output_dim,
+                df=df,
+                c=c,
+                seed=seed,
+                q=q,
+                input_bound=input_bound,
+                bound_eps=_csv_values("--eps", eps, float),
+                index_gammas=_csv_values("--gammas", gammas, float),
+                sap_gammas=_csv_values("--sap-gammas", sap_gammas, float),
+                densities=_csv_values("--density", densities, float),
+                n_test=n_test,
+            )
     except ValueError as err:
         fail(str(err))
     folder = Path(out)
@@ -403,7 +400,7 @@ def theory_teacher_command(
     payload = [s.as_dict() for s in studies]
     save_teacher(studies, folder / "theory_teacher.json")
     if as_json:
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(to_json(payload))
         return
     headers = [
         "teacher",

@@ -161,7 +161,7 @@ class _Loop:
 
     def restore(self, t: int, initial: Mapping[str, Tensor]) -> None:
         doc = self.rd.read_round(t)
-        self.pruner.load_state_dict(_load_pruner_state(self.rd, t, doc, initial))
+        self.pruner.load_state_dict(_load_pruner_state(self.rd, t, doc, initial), source=str(self.rd.json(t)))
         self.pending = dict(doc.get("next") or {})
         if self.watch is not None:  # the phase rule reads the whole trajectory, so replay the rounds done
             for k in range(t + 1):

@@ -13,23 +13,14 @@ from typing import Any
 
 from torch import Tensor
 
-from pqprune.files import (
-    FileFormatError,
-    format_stamp,
-    load_state_dict,
-    read_format_metadata,
-    read_json_document,
-    save_json_document,
-    save_tensors,
-)
+from pqprune.files import FileFormat, FileFormatError, NewerFormatError
 from pqprune.measure.weights import match_masks
 
-CHECKPOINT_FORMAT = "pqprune.round"  # a round's JSON and its tensors
-CHECKPOINT_VERSION = 1
-INITIAL_FORMAT = "pqprune.initial"  # the run's initial weights
-INITIAL_VERSION = 1
-RUN_FORMAT = "pqprune.run"  # settings.json: the run's identity and settings
-RUN_VERSION = 1
+# A round's JSON record and its tensors; the initial weights every round rewinds to; settings.json (the run's
+# identity and settings). 0.1.0 wrote the tensors with a format name but no version, settings.json with neither.
+ROUND = FileFormat("pqprune.round", 1, "round checkpoint", legacy=1)
+INITIAL = FileFormat("pqprune.initial", 1, "initial weights file", legacy=1)
+RUN = FileFormat("pqprune.run", 1, "run settings file", legacy=1, legacy_unnamed=True)
 
 
 class RunBusy(RuntimeError):
@@ -96,21 +87,18 @@ class RunDir:
 
     def read_round(self, t: int) -> dict[str, Any]:
         """Round ``t``'s JSON record (metrics, per-unit decisions, the pruner's state skeleton), format-checked."""
-        return read_json_document(self.json(t), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "round checkpoint")
+        return ROUND.read_json(self.json(t))
 
     def load_tensors(self, t: int) -> dict[str, Tensor]:
         """Round ``t``'s tensors (model weights under ``model/``, the pruner's masks and state), format-checked."""
-        path = self.tensors(t)
-        read_format_metadata(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "round checkpoint", unversioned=1)
-        return load_state_dict(path)
+        return ROUND.load_tensors(self.tensors(t))[0]
 
     def load_initial(self) -> dict[str, Tensor]:
         """The run's initial weights (what every round rewinds to), format-checked."""
-        read_format_metadata(self.initial, INITIAL_FORMAT, INITIAL_VERSION, "initial weights file", unversioned=1)
-        return load_state_dict(self.initial)
+        return INITIAL.load_tensors(self.initial)[0]
 
     def save_initial(self, tensors: Mapping[str, Tensor]) -> None:
-        save_tensors(tensors, self.initial, format_stamp(INITIAL_FORMAT, INITIAL_VERSION))
+        INITIAL.save_tensors(tensors, self.initial)
 
     def last_checkpoint(self) -> tuple[int, dict[str, Tensor], dict[str, Tensor]] | None:
         """(round, model weights, masks) of the last complete round that kept its tensors; None if there is none.
@@ -135,31 +123,34 @@ class RunDir:
         except ValueError as err:
             raise FileFormatError(str(err)) from err
 
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "settings.json"
+
     def settings_document(self) -> dict[str, Any]:
-        """The whole ``settings.json`` (run id, run hash, settings), format-checked.
+        """The whole ``settings.json`` (run id, run hash, identity, settings), format-checked.
 
         Raises:
-            FileFormatError: it is missing, unreadable, of another format or of a newer version.
+            FileFormatError: it is missing, unreadable, of another format (NewerFormatError: of a newer version).
         """
-        return read_json_document(self.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1)
+        return RUN.read_json(self.settings_file)
 
     def settings(self) -> dict[str, Any] | None:
         """The run's settings as saved in ``settings.json``; None when it is missing or unreadable.
 
         Raises:
-            FileFormatError: the file is of a newer format version than this pqprune reads.
+            NewerFormatError: the file is of a newer format version than this pqprune reads.
         """
         try:
-            return self.settings_document()["settings"]
-        except FileFormatError as err:
-            if "newer than this pqprune reads" in str(err):
-                raise
+            settings = self.settings_document()["settings"]
+        except NewerFormatError:
+            raise
+        except (FileFormatError, KeyError, TypeError):
             return None
-        except (KeyError, TypeError):
-            return None
+        return settings if isinstance(settings, dict) else None
 
     def save_settings(self, doc: Mapping[str, Any]) -> None:
-        save_json_document(doc, self.path / "settings.json", RUN_FORMAT, RUN_VERSION)
+        RUN.save_json(doc, self.settings_file)
 
 
 def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], pruner_state: Mapping[str, Any]) -> Any:
@@ -169,14 +160,14 @@ def _write_round_tensors(rd: RunDir, t: int, model_state: Mapping[str, Tensor], 
     """
     tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in model_state.items()}
     skeleton = _flatten({k: v for k, v in pruner_state.items() if k != "initial"}, "pruner", tensors)
-    save_tensors(tensors, rd.tensors(t), {**format_stamp(CHECKPOINT_FORMAT, CHECKPOINT_VERSION), "round": str(t)})
+    ROUND.save_tensors(tensors, rd.tensors(t), {"round": str(t)})
     return skeleton
 
 
 def _write_round_json(rd: RunDir, t: int, doc: Mapping[str, Any], keep: str) -> None:
     """Write the round's JSON atomically, after its tensors: the JSON marks the round complete. Then drop the
     previous round's tensors if only the last are kept (never before: a crash must leave a resumable round)."""
-    save_json_document(doc, rd.json(t), CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+    ROUND.save_json(doc, rd.json(t))
     if keep == "last" and t > 0:
         rd.tensors(t - 1).unlink(missing_ok=True)
 

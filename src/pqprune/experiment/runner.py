@@ -26,11 +26,12 @@ from pqprune.experiment.loop import Progress, RunResult, _Loop, _no_progress
 from pqprune.experiment.method_context import run_method
 from pqprune.experiment.phases import PhaseStop
 from pqprune.experiment.prepare import Prepared, prepare
-from pqprune.experiment.rundir import RUN_FORMAT, RUN_VERSION, RunBusy, RunDir
+from pqprune.experiment.rundir import RunBusy, RunDir
 from pqprune.experiment.settings import RunSettings, SettingsError
 from pqprune.experiment.train import choose_threads, resolve_device
-from pqprune.files import FileFormatError, read_json_document
+from pqprune.files import FileFormatError, NewerFormatError
 from pqprune.store import DEFAULT_DB, ClaimHeld, Lease, Store
+from pqprune.threads import torch_threads
 
 
 def _sync_store(store: Store, rd: RunDir, upto: int) -> None:
@@ -119,13 +120,9 @@ def _claim(store: Store, rd: RunDir) -> Iterator[Lease]:
 @contextlib.contextmanager
 def _threads(prep: Prepared) -> Iterator[int]:
     """Run with the settings' CPU thread count (:func:`choose_threads`), restoring the process's afterwards."""
-    before = torch.get_num_threads()
     n = choose_threads(prep.settings.threads, prep.model, prep.data.train.x, prep.train_config.batch_size)
-    torch.set_num_threads(n)
-    try:
+    with torch_threads(n):
         yield n
-    finally:
-        torch.set_num_threads(before)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -170,6 +167,8 @@ def _resume_point(rd: RunDir, res: RunSettings, run_hash: str) -> int | None:
     if done:
         try:
             saved = rd.settings_document()
+        except NewerFormatError:
+            raise
         except FileFormatError as err:
             raise FileFormatError(f"{rd.path}: has round checkpoints but no usable settings.json ({err})") from err
         if saved.get("run_hash") != run_hash:
@@ -323,9 +322,7 @@ def _run_locked(
 def _saved_environment(rd: RunDir) -> dict[str, Any] | None:
     """The environment a run's folder records (None if it records none: runs of pqprune 0.2 and earlier)."""
     try:
-        env = read_json_document(rd.path / "settings.json", RUN_FORMAT, RUN_VERSION, "run settings file", 1).get(
-            "environment"
-        )
+        env = rd.settings_document().get("environment")
     except FileFormatError:
         return None
     return env if isinstance(env, dict) else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -22,6 +21,7 @@ from pqprune.experiment.phases import STOP_PHASES
 from pqprune.experiment.train import TrainConfig, resolve_device
 from pqprune.measure.weights import check_scope
 from pqprune.prune.methods import Method, RunContext
+from pqprune.prune.methods.base import coerce_value
 from pqprune.prune.methods.registry import available, lookup, option_names, shared_option, takers
 
 SELECT_ON = ("val", "test")
@@ -326,39 +326,17 @@ def _plain(value: Any) -> Any:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    """Convert a value (e.g. a string from the command line) to the type of setting ``name``."""
-    default = getattr(RunSettings(), name)
-    kind = type(default)
+    """Convert a value (e.g. a string from the command line) to the type of setting ``name``
+    (:func:`~pqprune.prune.methods.base.coerce_value`; a mapping for a dict setting; None is refused)."""
+    kind = type(getattr(RunSettings(), name))
     try:
-        if kind is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            if isinstance(value, (bool, int)) and value in (0, 1):
-                return bool(value)
+        if value is None:
             raise ValueError(value)
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            out = float(value)
-            if not math.isfinite(out):
-                raise ValueError(value)
-            return out
         if kind is dict:
             if not isinstance(value, Mapping):
                 raise ValueError(value)
             return dict(value)
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return value
+        return coerce_value(kind, value)
     except (TypeError, ValueError):
         raise SettingsError(f"{source}: setting {name!r} must be a {kind.__name__}, got {value!r}") from None
 

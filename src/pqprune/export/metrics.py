@@ -74,20 +74,31 @@ class MetricsTally:
         self.chain: list[tuple[int, int, int]] = []  # (dim, numel, nonzeros) of each prunable entry
         self.nonzero_of: dict[str, float] = {}  # name → fraction of nonzero weights, for FLOPs of a model
 
-    def add(self, name: str, t: Tensor, mask: Tensor | None = None, parameter: bool | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        t: Tensor,
+        mask: Tensor | None = None,
+        parameter: bool | None = None,
+        nonzeros: int | None = None,
+        kept: int | None = None,
+    ) -> None:
         """Count tensor ``name`` (masked entries as 0); ``parameter``: whether it is a parameter (default: any
-        entry but BatchNorm running statistics)."""
+        entry but BatchNorm running statistics). ``nonzeros`` (of the masked tensor) and ``kept`` (survivors of
+        ``mask``) may be given when known, saving a pass each."""
         t = t.detach()
         if mask is not None:
             mask = mask.to(t.device)
-        nz = int(torch.count_nonzero(t if mask is None else t.masked_fill(~mask, 0)))
+        if nonzeros is None:
+            nonzeros = int(torch.count_nonzero(t if mask is None else t.masked_fill(~mask, 0)))
+        nz = nonzeros
         if parameter if parameter is not None else not _is_buffer_name(name):
             self.parameters += t.numel()
             self.nonzeros += nz
         self.dense_bytes += t.numel() * (4 if t.is_floating_point() else t.element_size())
         if mask is not None:
             self.any_mask = True
-            kept = int(torch.count_nonzero(mask))
+            kept = int(torch.count_nonzero(mask)) if kept is None else kept
             self.masked += mask.numel()
             self.masked_kept += kept
             self.compact_bytes += encoding_sizes(t.shape, kept, t.dtype)[choose_encoding(t.shape, kept, t.dtype)]
@@ -98,6 +109,15 @@ class MetricsTally:
             self.entries_nonzero += nz
             self.chain.append((t.dim(), t.numel(), nz))
         self.nonzero_of[name] = nz / t.numel() if t.numel() else 0.0
+
+    def merge(self, other: MetricsTally) -> None:
+        """Add the tensors counted in ``other`` (e.g. on another thread), after those counted here."""
+        for key in ("parameters", "nonzeros", "dense_bytes", "compact_bytes", "masked", "masked_kept", "entries"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        self.entries_nonzero += other.entries_nonzero
+        self.any_mask = self.any_mask or other.any_mask
+        self.chain += other.chain
+        self.nonzero_of.update(other.nonzero_of)
 
     def result(self, flops: tuple[int, int] | None = None, chain: bool = False) -> dict[str, Any]:
         """The record; ``flops``: (dense, nonzero) MACs of a model; ``chain``: without a model, those of a chain of

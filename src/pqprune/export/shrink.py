@@ -18,11 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.export.sparse import MaskLike, pruned_copy
-from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
+from pqprune.files import FileFormat, FileFormatError
 from pqprune.measure.weights import as_rows
 
-SHRUNK_FORMAT = "pqprune.shrunk"
-SHRUNK_FORMAT_VERSION = 1
+SHRUNK = FileFormat("pqprune.shrunk", 1, "shrunk model")
 
 
 # --------------------------------------------------------------------------------------------- shrink
@@ -319,17 +318,13 @@ def save_shrunk(model: nn.Sequential, path: str | os.PathLike) -> Path:
     """Save a shrunk ``nn.Sequential`` (from :func:`shrink`) as safetensors with its architecture in the metadata."""
     specs = [_module_spec(n, m) for n, m in model.named_children()]
     dtypes = {str(p.dtype) for p in model.parameters()}
-    meta = {
-        **format_stamp(SHRUNK_FORMAT, SHRUNK_FORMAT_VERSION),
-        "modules": json.dumps(specs),
-        "dtype": ",".join(sorted(dtypes)),
-    }
-    return save_tensors(model.state_dict(), path, meta)
+    meta = {"modules": json.dumps(specs), "dtype": ",".join(sorted(dtypes))}
+    return SHRUNK.save_tensors(model.state_dict(), path, meta)
 
 
 def load_shrunk(path: str | os.PathLike) -> nn.Sequential:
     """Rebuild the model saved by :func:`save_shrunk` (in eval mode)."""
-    meta = read_format_metadata(path, SHRUNK_FORMAT, SHRUNK_FORMAT_VERSION, "shrunk model")
+    state, meta = SHRUNK.load_tensors(path)
     try:
         specs = json.loads(meta["modules"])
     except (KeyError, ValueError) as err:
@@ -344,7 +339,6 @@ def load_shrunk(path: str | os.PathLike) -> nn.Sequential:
         except (KeyError, TypeError, ValueError) as err:
             raise FileFormatError(f"{path}: cannot rebuild module {spec!r} ({err})") from err
     model = nn.Sequential(*mods)
-    state = load_state_dict(path)
     try:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
         if dtype is not None:

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
+from pqprune.files import FileFormat, FileFormatError
 from pqprune.measure.weights import as_rows, check_mask, match_masks
 
-SPARSE_FORMAT = "pqprune.sparse"
-SPARSE_FORMAT_VERSION = 1
+SPARSE = FileFormat("pqprune.sparse", 1, "sparse export")
 ENCODINGS = ("dense", "bitmask", "csr")
 # Encoded tensors are stored as several safetensors entries "<name>::<part>"; state dict keys never hold "::".
 _SEP = "::"
@@ -137,7 +136,7 @@ def encode_tensor(w: Tensor, mask: Tensor) -> tuple[str, dict[str, Tensor]]:
 
 def compact_nbytes(state: Mapping[str, Tensor], masks: MaskLike = None) -> int:
     """Bytes of tensor data :func:`save_sparse` writes for ``state`` under ``masks`` (the header excluded)."""
-    mk = _mask_dict(masks)
+    mk = _mask_dict(masks, state)
     total = 0
     for name, t in state.items():
         if name in mk:
@@ -172,8 +171,7 @@ def save_sparse(state: Mapping[str, Tensor], masks: MaskLike, path: str | os.Pat
         for part, tensor in parts.items():
             tensors[f"{name}{_SEP}{part}" if part else name] = tensor
         entries.append([name, {"encoding": enc, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}])
-    meta = {**format_stamp(SPARSE_FORMAT, SPARSE_FORMAT_VERSION), "tensors": json.dumps(entries)}
-    return save_tensors(tensors, path, meta)
+    return SPARSE.save_tensors(tensors, path, {"tensors": json.dumps(entries)})
 
 
 def _dtype(name: str, path: object, key: str) -> torch.dtype:
@@ -252,12 +250,11 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
 
     A missing, corrupt or foreign file, or one of a newer format version, raises ``FileFormatError``.
     """
-    meta = read_format_metadata(path, SPARSE_FORMAT, SPARSE_FORMAT_VERSION, "sparse export")
+    raw, meta = SPARSE.load_tensors(path)
     try:
         entries = json.loads(meta["tensors"])
     except (KeyError, ValueError) as err:
         raise FileFormatError(f"{path}: bad sparse-export metadata ({err})") from err
-    raw = load_state_dict(path)
     out: dict[str, Tensor] = {}
     for entry in entries:
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict)):

@@ -21,11 +21,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import FileFormatError, format_stamp, load_state_dict, read_format_metadata, save_tensors
+from pqprune.files import FileFormat, FileFormatError
 from pqprune.measure.weights import check_mask, match_masks, prunable_weights
 
-MASK_FORMAT = "pqprune.masks"
-MASK_FORMAT_VERSION = 1
+MASKS = FileFormat("pqprune.masks", 1, "mask file")  # MaskSet.save / Pruner.save_masks
 _ORIG, _MASK = "_orig", "_mask"
 # Tensors below this size get a cached float mask for enforce(); larger ones are multiplied a chunk at a time
 # by their bool mask converted to float (see _hot).
@@ -211,14 +210,18 @@ class MaskSet:
         return name
 
     # ------------------------------------------------------------------ changing masks
-    def validate(self, masks: Mapping[str, Tensor], source: str = "masks") -> dict[str, Tensor]:
-        """Check names, shapes and values of ``masks`` against the model; returns bool masks on the right device."""
-        checked = match_masks(self._masks, masks, source, allow_01=True, what="masked parameter")
+    def validate(self, masks: Mapping[str, Tensor], source: str = "masks", complete: bool = False) -> dict[str, Tensor]:
+        """Check ``masks`` against the model (:func:`~pqprune.measure.weights.match_masks`: names, shapes, bool or
+        0/1 values; with ``complete``, one for every masked parameter); returns bool masks on the right device."""
+        checked = match_masks(self._masks, masks, source, allow_01=True, what="masked parameter", complete=complete)
         return {n: m.to(self._masks[n].device) for n, m in checked.items()}
 
-    def update(self, masks: Mapping[str, Tensor], allow_regrow: bool = False) -> None:
-        """Replace masks by name. Masks only shrink unless ``allow_regrow`` (e.g. loading a checkpoint)."""
-        new = self.validate(masks)
+    def update(
+        self, masks: Mapping[str, Tensor], allow_regrow: bool = False, source: str = "masks", complete: bool = False
+    ) -> None:
+        """Replace masks by name (checked by :meth:`validate`). Masks only shrink unless ``allow_regrow`` (e.g.
+        loading a checkpoint)."""
+        new = self.validate(masks, source, complete)
         if not allow_regrow:
             for n, m in new.items():
                 if bool((m & ~self._masks[n]).any()):
@@ -339,18 +342,15 @@ class MaskSet:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the masks as safetensors (bool tensors) with the format and its version in the metadata."""
-        return save_tensors(self._masks, path, format_stamp(MASK_FORMAT, MASK_FORMAT_VERSION))
+        return MASKS.save_tensors(self._masks, path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace all masks by those of a file written by :meth:`save`; every masked parameter must be in it."""
         masks = load_masks(path)
-        missing = sorted(set(self.names) - set(masks))
-        if missing:
-            raise FileFormatError(f"{path}: no masks for {missing}")
         try:
-            self.update(masks, allow_regrow=True)
+            self.update(masks, allow_regrow=True, source=str(path), complete=True)
         except ValueError as err:
-            raise FileFormatError(f"{path}: {err}") from err
+            raise FileFormatError(str(err)) from err
 
     # ------------------------------------------------------------------ torch.nn.utils.prune interop
     def export_torch_prune(self, state_dict: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -389,8 +389,7 @@ def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
     A missing file raises ``FileNotFoundError`` naming it (a :class:`pqprune.files.MissingFileError`, which is
     also a ``FileFormatError``); a wrong or corrupt file raises ``FileFormatError``.
     """
-    read_format_metadata(path, MASK_FORMAT, MASK_FORMAT_VERSION, "mask file")
-    masks = load_state_dict(path)
+    masks = MASKS.load_tensors(path)[0]
     try:
         return {n: check_mask(n, m, source=str(path)) for n, m in masks.items()}
     except ValueError as err:
@@ -399,12 +398,12 @@ def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def to_torch_prune(state_dict: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``name`` → ``name_orig`` (the weights) and ``name_mask`` (float 0/1), as ``torch.nn.utils.prune`` stores them."""
-    masks = match_masks(state_dict, masks, allow_01=True, what="state dict entry")
+    checked = match_masks(state_dict, masks, allow_01=True, what="state dict entry")
     out: dict[str, Tensor] = {}
     for k, v in state_dict.items():
-        if k in masks:
+        if k in checked:
             out[k + _ORIG] = v
-            out[k + _MASK] = masks[k].to(dtype=v.dtype, device=v.device)
+            out[k + _MASK] = checked[k].to(dtype=v.dtype, device=v.device)
         else:
             out[k] = v
     return out
@@ -420,10 +419,7 @@ def from_torch_prune(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor
             mkey = base + _MASK
             if mkey not in state_dict:
                 raise ValueError(f"{k!r} has no matching {mkey!r}")
-            m = state_dict[mkey]
-            if m.shape != v.shape:
-                raise ValueError(f"{mkey!r} has shape {tuple(m.shape)}, {k!r} has {tuple(v.shape)}")
-            mb = m != 0
+            mb = check_mask(mkey, state_dict[mkey], v.shape, "torch.nn.utils.prune state dict", allow_01=True)
             plain[base] = v * mb
             masks[base] = mb
         elif k.endswith(_MASK) and (k[: -len(_MASK)] + _ORIG) in state_dict:

@@ -21,15 +21,16 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from pqprune.files import check_format
+from pqprune.files import FileFormat
 from pqprune.measure.weights import Scope
 from pqprune.prune import methods as _methods
 from pqprune.prune.masks import Density, MaskSet
 from pqprune.prune.methods.base import Method, UnitRecord
 from pqprune.prune.select import select_keep
 
-STATE_FORMAT = "pqprune.pruner"  # Pruner.state_dict(), also the "pruner" part of a run's round checkpoints
-STATE_VERSION = 1
+# The state is saved inside each round's record of a run, or by the user with torch.save; 0.1.0 named only its
+# version, under "version".
+PRUNER_STATE = FileFormat("pqprune.pruner", 1, "pruner state", legacy=1, legacy_unnamed=True)
 # Optimizers whose update of an entry is a function of that entry's gradient, state and value alone (plus
 # scalars): for them, masked gradients and a zeroed weight after the step give the same model as masking both.
 _ELEMENTWISE = frozenset(
@@ -230,8 +231,7 @@ class Pruner:
         weights are not included (save ``model.state_dict()`` beside it).
         """
         return {
-            "format": STATE_FORMAT,
-            "format_version": STATE_VERSION,
+            **PRUNER_STATE.tag(),
             "method": self.method.name,
             "hparams": self.method.hparams(),
             "scope": self.scope,
@@ -242,16 +242,16 @@ class Pruner:
             "rewind_point": None if self._rewind_point is None else dict(self._rewind_point),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved; the method and scope must match this Pruner's.
+    def load_state_dict(self, state: Mapping[str, Any], source: str = "pruner state") -> None:
+        """Restore what :meth:`state_dict` saved; the method and scope must match this Pruner's. ``source`` names
+        where the state comes from (a file) in errors.
 
         Raises:
             FileFormatError: (a ``ValueError``) the state is of another format or a newer version; a state of
                 pqprune 0.1.0 (``"version"`` only) is read as version 1.
             ValueError: it lacks entries, or is for another method, scope or model.
         """
-        header = {"format": STATE_FORMAT, **state} if "format" not in state else state  # 0.1.0 named no format
-        check_format(header, "pruner state", STATE_FORMAT, STATE_VERSION, "Pruner state", unversioned=1)
+        PRUNER_STATE.check(state, source)
         missing = {"method", "scope", "round", "masks", "method_state", "initial"} - set(state)
         if missing:
             raise ValueError(f"pruner state lacks {sorted(missing)}")
@@ -264,11 +264,7 @@ class Pruner:
             snap = state.get(key)
             if snap is not None and set(snap) != keys:
                 raise ValueError(f"pruner state {key!r} does not match the model's state_dict keys")
-        masks = dict(state["masks"])
-        absent = sorted(set(self.maskset.names) - set(masks))
-        if absent:
-            raise ValueError(f"pruner state has no masks for {absent}")
-        self.maskset.update(masks, allow_regrow=True)
+        self.maskset.update(dict(state["masks"]), allow_regrow=True, source=source, complete=True)
         self.method.load_state_dict(state["method_state"])
         self.round = int(state["round"])
         self._initial = {k: v.clone() for k, v in state["initial"].items()}

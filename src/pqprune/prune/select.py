@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_mask, check_scope, match_masks
+from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_mask, check_scope, match_masks, match_names
 
 Counts = Mapping[str, "int | Tensor"]
 
@@ -97,9 +97,7 @@ def _dead_to_inf(s: Tensor, alive: Tensor | None) -> Tensor:
     return s
 
 
-def _check_scores(name: str, s: Tensor, alive: Tensor | None) -> None:
-    if alive is not None and alive.shape != s.shape:
-        raise ValueError(f"mask for {name!r} has shape {tuple(alive.shape)}, its scores have {tuple(s.shape)}")
+def _check_scores(name: str, s: Tensor) -> None:
     if torch.isnan(s).any():
         raise ValueError(f"scores of {name!r} contain NaN")
 
@@ -174,7 +172,7 @@ def smallest_in_rows(scores: Tensor, k: Tensor | int, alive: Tensor | None = Non
         sub = rows if todo.numel() == n_rows else rows[todo]
         work = sub.to(_score_dtype(sub), copy=True)  # the one copy: partitioned in place
         sub_alive = None if arows is None else (arows if todo.numel() == n_rows else arows[todo])
-        _check_scores(name, work, sub_alive)
+        _check_scores(name, work)
         _dead_to_inf(work, sub_alive)
         v = _kth_values(work, k[todo])
         del work
@@ -433,13 +431,15 @@ def _select_units(
     unknown = set(counts) - set(scores)
     if unknown:
         raise ValueError(f"counts name units that have no scores: {sorted(unknown)}")
+    match_names(scores, alive, what="scored tensor")
     out = {}
     for name in scores:
         s = scores[name]
         c = counts.get(name, 0)
         a = alive.get(name)
         if scope == "layer":
-            flat = smallest_in_rows(s.reshape(1, -1), int(c), None if a is None else a.reshape(1, -1), name)
+            a = None if a is None else check_mask(name, a, s.shape).reshape(1, -1)
+            flat = smallest_in_rows(s.reshape(1, -1), int(c), a, name)
             out[name] = flat.reshape(s.shape)
         else:
             out[name] = smallest_in_rows(s, c, a, name)

@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from pqprune.files import json_safe
+from pqprune.files import json_safe, to_json
 
 SCHEMA_VERSION = 3
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -93,8 +93,8 @@ _OPTIONAL_THEORY = frozenset({"delta", "bound_eps", "gap_mean", "gap_q", "gap_ma
 
 
 def dumps(obj: Any) -> str:
-    """JSON text of ``obj`` with NaN/inf as null (NaN is not JSON) and sorted keys."""
-    return json.dumps(json_safe(obj), sort_keys=True, allow_nan=False)
+    """JSON text of ``obj`` with NaN/inf as null (NaN is not JSON) and sorted keys, on one line."""
+    return to_json(obj, indent=None, sort_keys=True)
 
 
 class JsonDocument(TypeDecorator[Any]):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pqprune.files import save_json_document
+from pqprune.files import FileFormat
 from pqprune.plotting import new_figure, save_png, series_colors
 from pqprune.theory.gap_bound import ARCHS, DISTS, METHODS, RandomNetSpec, guaranteed_probability, hp_gap_bound
 from pqprune.theory.moments import _check_delta
@@ -202,13 +202,17 @@ def monte_carlo_grid(
     return cells
 
 
-GRID_FORMAT = "pqprune.theory_mc"  # the grid's JSON (``theory mc`` writes it beside its figure)
-GRID_VERSION = 1
+MC_STUDY = FileFormat("pqprune.theory_mc", 1, "Monte-Carlo study")  # theory_mc.json (0.1.0: a bare list)
 
 
 def save_grid(cells: Sequence[GridCell], path: str | Path) -> Path:
-    """Write the cells as a JSON document ``{"cells": [...]}`` of format :data:`GRID_FORMAT`, atomically."""
-    return save_json_document({"cells": [c.as_dict() for c in cells]}, path, GRID_FORMAT, GRID_VERSION)
+    """Write the cells of :func:`monte_carlo_grid` as a JSON document (``{"cells": [...]}``), atomically."""
+    return MC_STUDY.save_json({"cells": [c.as_dict() for c in cells]}, path)
+
+
+def load_grid(path: str | Path) -> list[dict[str, Any]]:
+    """The cells (as dicts) of a file of :func:`save_grid`; a foreign or newer file raises ``FileFormatError``."""
+    return list(MC_STUDY.read_json(path).get("cells") or [])
 
 
 def plot_grid(cells: Sequence[GridCell], path: str | Path) -> Path:

@@ -7,7 +7,6 @@ per-layer counts. :func:`plot_teacher` draws them.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,12 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from pqprune.experiment.data.builtin import TEACHER_DISTS, make_teacher
-from pqprune.files import save_json_document
+from pqprune.files import FileFormat
 from pqprune.measure.indices import check_lq
 from pqprune.measure.weights import Masks, Scope
 from pqprune.plotting import new_figure, save_png, series_colors
 from pqprune.prune.methods.base import Counts, Method, Plan, Weights
-from pqprune.prune.methods.lq import LqNeuron
+from pqprune.prune.methods.lq import LqNeuron, check_input_bound
 from pqprune.prune.methods.magnitude import OneShot
 from pqprune.prune.methods.sap import SAP
 from pqprune.prune.pruner import Pruner
@@ -90,15 +89,6 @@ class TeacherStudy:
 
     def as_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "seconds": self.seconds, "points": [p.as_dict() for p in self.points]}
-
-
-TEACHER_FORMAT = "pqprune.theory_teacher"  # the studies' JSON (``theory teacher`` writes it beside its figure)
-TEACHER_VERSION = 1
-
-
-def save_teacher(studies: Sequence[TeacherStudy], path: str | Path) -> Path:
-    """Write the studies as a JSON document ``{"studies": [...]}`` of format :data:`TEACHER_FORMAT`, atomically."""
-    return save_json_document({"studies": [s.as_dict() for s in studies]}, path, TEACHER_FORMAT, TEACHER_VERSION)
 
 
 class _MagnitudeAtCounts(Method):
@@ -207,8 +197,9 @@ def teacher_study(
         raise ValueError(f"dist must be one of {', '.join(TEACHER_DISTS)}, got {dist!r}")
     check_lq(q)
     _check_choice("methods", methods, TEACHER_METHODS)
-    if not (isinstance(input_bound, (int, float)) and math.isfinite(input_bound) and input_bound > 0):
-        raise ValueError(f"input_bound must be a finite number > 0, got {input_bound!r}")
+    check_input_bound(input_bound)
+    if input_bound == 0:
+        raise ValueError("input_bound must be > 0: the test inputs fill the box |x| <= input_bound")
     _check_eps_values("bound_eps", bound_eps)
     _check_eps_values("index_gammas", index_gammas)
     _check_eps_values("sap_gammas", sap_gammas)
@@ -306,6 +297,19 @@ def teacher_studies(dists: Iterable[str] = TEACHER_DISTS, **kwargs: Any) -> list
     dists = list(dists)
     _check_choice("dists", dists, TEACHER_DISTS)
     return [teacher_study(d, **kwargs) for d in dists]
+
+
+TEACHER_STUDY = FileFormat("pqprune.theory_teacher", 1, "teacher study")  # theory_teacher.json (0.1.0: a bare list)
+
+
+def save_teacher(studies: Sequence[TeacherStudy], path: str | Path) -> Path:
+    """Write teacher studies as a JSON document (``{"studies": [...]}``, :meth:`TeacherStudy.as_dict`), atomically."""
+    return TEACHER_STUDY.save_json({"studies": [s.as_dict() for s in studies]}, path)
+
+
+def load_teacher(path: str | Path) -> list[dict[str, Any]]:
+    """The studies (as dicts) of a file of :func:`save_teacher`; a foreign or newer file raises ``FileFormatError``."""
+    return list(TEACHER_STUDY.read_json(path).get("studies") or [])
 
 
 _METHOD_STYLE = {

@@ -14,6 +14,7 @@ class in one file (docs/methods.md).
 
 from __future__ import annotations
 
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -121,7 +122,7 @@ class Option:
     def coerce(self, value: Any) -> Any:
         """``value`` (e.g. a string from the command line) as this option's type; ValueError naming the option."""
         try:
-            out = _coerce(self.kind, value)
+            out = coerce_value(self.kind, value)
         except (TypeError, ValueError):
             raise ValueError(f"option {self.name!r} takes a {self.kind.__name__}, got {value!r}") from None
         if self.choices and out not in self.choices:
@@ -129,7 +130,10 @@ class Option:
         return out
 
 
-def _coerce(kind: type, value: Any) -> Any:
+def coerce_value(kind: type, value: Any) -> Any:
+    """``value`` as a ``kind`` (``bool``, ``int``, ``float`` or ``str``), the one reading of a typed setting or
+    option, from a config file or the command line: a bool from ``true/false``, ``yes/no``, ``on/off``, ``1/0``; an
+    int from a whole number only; a finite float; None stays None. Raises ``ValueError`` (or ``TypeError``)."""
     if value is None:
         return None
     if kind is bool:
@@ -151,7 +155,7 @@ def _coerce(kind: type, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(value)
         out = float(value)
-        if out != out or out in (float("inf"), float("-inf")):
+        if not math.isfinite(out):
             raise ValueError(value)
         return out
     if not isinstance(value, str):

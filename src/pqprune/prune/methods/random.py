@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pqprune.measure.weights import GLOBAL, Masks, Scope, as_rows, check_scope
+from pqprune.measure.weights import GLOBAL, Masks, Scope, as_rows, check_mask, check_scope, match_names
 from pqprune.prune.methods.base import Method, Option, Plan, RunContext, Weights
 from pqprune.prune.methods.registry import register
 from pqprune.prune.methods.units import check_ratio, fixed_ratio_plan, random_scores, ratio_count, unit_counts
@@ -89,7 +89,7 @@ class RandomMatched(Method):
                 if isinstance(m, Tensor) and m.dim() == 1 and not m.dtype.is_floating_point and m.dtype != torch.bool:
                     clean[n] = m.to(torch.int64)  # survivors per row: a prunable weight has >= 2 dims, never 1
                 elif isinstance(m, Tensor):
-                    clean[n] = m != 0
+                    clean[n] = check_mask(n, m, source="random_matched: reference", allow_01=True)
                 elif isinstance(m, int) and not isinstance(m, bool) and m >= 0:
                     clean[n] = m
                 else:
@@ -127,10 +127,9 @@ class RandomMatched(Method):
             )
 
     def _kept(self, weights: Weights, ref: Mapping[str, Tensor | int], scope: Scope) -> dict[str, Tensor]:
-        missing = sorted(set(weights) - set(ref))
-        unknown = sorted(set(ref) - set(weights))
-        if missing or unknown:
-            raise ValueError(f"random_matched: the reference lacks {missing} and names unknown parameters {unknown}")
+        match_names(
+            weights, ref, "random_matched: the reference", "prunable weight", complete=True, of="masks or counts"
+        )
         masks: dict[str, Tensor] = {}
         rows: dict[str, Tensor] = {}
         for n, w in weights.items():
@@ -143,11 +142,7 @@ class RandomMatched(Method):
                     )
                 rows[n] = m
             elif isinstance(m, Tensor):
-                if m.shape != w.shape:
-                    raise ValueError(
-                        f"random_matched: reference mask {n!r} has shape {tuple(m.shape)}, the weight has {tuple(w.shape)}"
-                    )
-                masks[n] = m
+                masks[n] = check_mask(n, m, w.shape, "random_matched: reference")
             elif m > w.numel():
                 raise ValueError(f"random_matched: the reference keeps {m} entries of {n!r}, which has {w.numel()}")
         if len(masks) == len(weights):
