@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pqprune.measure import power_sums_of, pq_index, sums
 from pqprune.measure.weights import as_rows
 from pqprune.prune import masks as masks_mod
+from pqprune.threads import torch_threads
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -112,3 +113,61 @@ def test_chunked_mask_multiply_equals_a_float_mask_multiply_bit_for_bit(monkeypa
         assert torch.equal(got.isnan(), want.isnan())
         assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
         assert torch.equal(got.signbit(), want.signbit())
+
+
+# --------------------------------------------------------------------------------------------- compiled kernels
+def test_the_compiled_kernels_are_built():
+    # `make install` compiles them; without them every measure still works, through PyTorch, several times slower.
+    assert sums.kernels is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernels_agree_with_the_pytorch_path(monkeypatch, dtype, masked):
+    from pqprune.measure.histogram import half_histogram, half_rows
+
+    g = gen(3)
+    w = (torch.randn(37, 5000, generator=g) * 0.05).to(dtype)
+    w[0, :100] = 0.0  # zeros among survivors, and runs of one magnitude
+    m = torch.rand(37, 5000, generator=g) > 0.4 if masked else None
+    exps = (0.5, 1.0, 2.0)
+    fast = sums.row_power_sums(w, exps, m)
+    half = half_rows(w, exps, m) if dtype != torch.float32 else None
+    counts = half_histogram(w, m) if dtype != torch.float32 else None
+    monkeypatch.setattr(sums, "kernels", None)
+    slow = sums.row_power_sums(w, exps, m)
+    assert torch.equal(fast.count, slow.count)
+    for s in exps:
+        assert torch.allclose(fast.sums[s], slow.sums[s], rtol=1e-6, atol=0.0)
+        assert torch.allclose(fast.sums[s], float64_sums(w.float(), m, s), rtol=1e-6, atol=0.0)
+    if half is not None:
+        assert torch.equal(half[0], counts) and torch.equal(counts, half_histogram(w, m))
+        assert all(torch.equal(half[1].sums[s], fast.sums[s]) for s in exps)  # one implementation, one result
+        survivors = int(m.sum()) if m is not None else w.numel()
+        assert int(counts.sum()) == survivors
+
+
+def test_kernel_split_over_threads_sums_the_same_rows():
+    w = torch.randn(1500, 1000, generator=gen(4))  # 1.5M entries: split over threads
+    m = torch.rand(1500, 1000, generator=gen(5)) > 0.5
+    with torch_threads(1):
+        one = sums.row_power_sums(w, (0.5, 1.0), m)
+    with torch_threads(2):
+        two = sums.row_power_sums(w, (0.5, 1.0), m)
+    assert all(torch.equal(one.sums[s], two.sums[s]) for s in (0.5, 1.0))  # rows are never split
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_kernel_names_a_surviving_inf_and_ignores_a_pruned_one(dtype):
+    from pqprune.measure.histogram import half_histogram, half_rows
+
+    w = torch.ones(4, 8, dtype=dtype)
+    w[2, 3] = float("inf")
+    m = torch.ones(4, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="'layer' has NaN or infinite"):
+        half_histogram(w, m, "layer")
+    with pytest.raises(ValueError, match="'layer' has NaN or infinite"):
+        half_rows(w, (0.5, 1.0), m, "layer")
+    m[2, 3] = False
+    counts, rows = half_rows(w, (0.5, 1.0), m, "layer")
+    assert int(counts.sum()) == 31 and float(rows.sums[1.0].sum()) == 31.0

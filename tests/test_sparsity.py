@@ -144,8 +144,10 @@ def test_lq_index_identity_and_range(v, q):
     a = np.abs(np.array(v))
     direct = d ** (1 / q - 1) * a.sum() / (a**q).sum() ** (1 / q)
     si = lq_index(w, q)
-    assert si == pytest.approx(direct, rel=1e-9)
-    assert si == pytest.approx(1 / (1 - pq_index(w, q, 1.0)), rel=1e-9)
+    # The index is 1/(1 − I): the subtraction costs ~si rounding errors when si is large (d^(1/q−1) at most).
+    tol = max(1e-9, 1e-15 * direct)
+    assert si == pytest.approx(direct, rel=tol)
+    assert si == pytest.approx(1 / (1 - pq_index(w, q, 1.0)), rel=tol)
     assert 1 - 1e-9 <= si <= d ** (1 / q - 1) * (1 + 1e-9)
 
 
@@ -363,13 +365,15 @@ def test_grid_equals_separate_calls(scope):
     pairs_ = [(p, q) for p in (0.1, 0.5, 1.0) for q in (1.0, 1.5, 2.0) if p < q]
     grid = pq_index_grid(model, pairs_, scope=scope)
     assert set(grid) == set(pairs_)
+    # Same numbers up to float32 block sums (relative error ~1e-7 in the sums, 1e-6 at most in an index): a
+    # single call whose exponents the compiled kernel takes sums with it, the grid's other exponents with PyTorch.
     for pq in pairs_:
         single = pq_index(model, *pq, scope=scope)
         if scope == "global" or scope == "layer":
-            assert grid[pq] == pytest.approx(single, abs=1e-12)
+            assert grid[pq] == pytest.approx(single, abs=1e-6)
         else:
             for n in single:
-                assert torch.allclose(grid[pq][n], single[n], atol=1e-12)
+                assert torch.allclose(grid[pq][n], single[n], rtol=0.0, atol=1e-6)
 
 
 @FAST

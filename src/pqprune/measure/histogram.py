@@ -23,29 +23,27 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pqprune.measure import sums
 from pqprune.measure.sums import _CHUNK as _ROWS_CHUNK
-from pqprune.measure.sums import RowStats, _block_sums, row_power_sums
+from pqprune.measure.sums import (
+    HALF_BINS,
+    HALF_DTYPES,
+    RowStats,
+    _block_sums,
+    _nonfinite_from,
+    checked_counts,
+    half_values,
+    kernel_applies,
+    kernel_half_rows,
+    row_power_sums,
+)
 from pqprune.measure.weights import as_rows
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-HALF_BINS = 1 << 15  # magnitudes of a 16-bit float: its bit patterns without the sign
 KEY_SHIFT = 11  # float32 bits of |w| >> 11: 8 exponent + 12 mantissa bits
 KEY_BINS = 1 << (31 - KEY_SHIFT)
 EXACT_GINI_ERROR = 2.0**-14
 """Largest amount by which the Gini index of a binned (float32/64) histogram can fall short of the exact one."""
 _CHUNK = 1 << 20
-
-
-@functools.lru_cache(maxsize=4)
-def half_values(dtype: torch.dtype) -> Tensor:
-    """The float64 magnitude of each of the 2^15 sign-less bit patterns of a 16-bit float ``dtype`` (ascending:
-    non-negative floats sort like their bit patterns; the last patterns are Inf and NaN)."""
-    return torch.arange(HALF_BINS, dtype=torch.int16).view(dtype).to(torch.float64)
-
-
-def _nonfinite_from(dtype: torch.dtype) -> int:
-    """The first bit pattern of a 16-bit float ``dtype`` that is Inf (Inf and NaN follow it)."""
-    return int(torch.tensor(math.inf, dtype=dtype).view(torch.int16))
 
 
 _SIGN_OFF = torch.tensor(0x7FFF, dtype=torch.int16)
@@ -59,6 +57,12 @@ def half_histogram(w: Tensor, mask: Tensor | None = None, name: str = "tensor") 
         raise ValueError(f"half_histogram takes float16/bfloat16 tensors, got {w.dtype}")
     bits = w.detach().reshape(-1).view(torch.int16)
     alive = None if mask is None else mask.reshape(-1)
+    if kernel_applies(bits, alive):
+        assert sums.kernels is not None
+        counts = torch.zeros(HALF_BINS, dtype=torch.int64)
+        address = 0 if alive is None else alive.data_ptr()
+        counts[0] -= sums.kernels.half_counts(bits.data_ptr(), address, bits.numel(), counts.data_ptr())
+        return checked_counts(counts, w.dtype, name)
     counts = torch.zeros(HALF_BINS, dtype=torch.int64)
     buf = torch.empty(min(_CHUNK, bits.numel()), dtype=torch.int16)
     pruned = 0
@@ -71,24 +75,25 @@ def half_histogram(w: Tensor, mask: Tensor | None = None, name: str = "tensor") 
             pruned += int(torch.count_nonzero(dead))
         counts += torch.bincount(keys, minlength=HALF_BINS)
     counts[0] -= pruned
-    if bool(counts[_nonfinite_from(w.dtype) :].any()):
-        raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
-    return counts
+    return checked_counts(counts, w.dtype, name)
 
 
 def half_rows(
     w: Tensor, exponents: Sequence[float], mask: Tensor | None = None, name: str = "tensor"
 ) -> tuple[Tensor, RowStats]:
     """:func:`half_histogram` and :func:`pqprune.measure.sums.row_power_sums` of a float16/bfloat16 tensor in one
-    pass: each block of rows is counted, then widened (its sign-less bit patterns are the magnitudes) and summed,
-    with the same blocks and float32 sums as ``row_power_sums``, so the sums are the same numbers. Rows longer than a
-    block take the two functions one after the other."""
+    pass, the same numbers as the two functions give: by the compiled kernel that both use (each magnitude's powers
+    looked up), else each block of rows is counted, then widened (its sign-less bit patterns are the magnitudes) and
+    summed with the same blocks and float32 sums as ``row_power_sums``. Rows longer than a block take the two
+    functions one after the other."""
     rows = as_rows(w.detach())
     n_rows, n_cols = rows.shape
     if w.dtype not in HALF_DTYPES or n_cols > _ROWS_CHUNK or not n_rows or not rows.is_contiguous():
         return half_histogram(w, mask, name), row_power_sums(w, exponents, mask, name)
     exps = sorted({float(e) for e in exponents})
     mrows = None if mask is None else as_rows(mask)
+    if (fast := kernel_half_rows(rows, mrows, w.dtype, exps, name)) is not None:
+        return fast
     bits = rows.view(torch.int16)
     step = max(1, _ROWS_CHUNK // n_cols)
     keys_buf = torch.empty((min(step, n_rows), n_cols), dtype=torch.int16)
@@ -108,8 +113,7 @@ def half_rows(
         a = mags[: r1 - r0].copy_(keys.view(w.dtype))
         _block_sums(a, exps, {s: v[r0:r1] for s, v in block.items()}, scratch[: r1 - r0])
     counts[0] -= pruned
-    if bool(counts[_nonfinite_from(w.dtype) :].any()):
-        raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
+    checked_counts(counts, w.dtype, name)
     count = (
         torch.full((n_rows,), float(n_cols), dtype=torch.float64)
         if mrows is None

@@ -8,14 +8,30 @@ very large vectors are badly wrong on CPU.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from pqprune.measure.weights import GLOBAL, Masks, Scope, WeightSource, as_rows, check_masks, check_scope, named_weights
+
+try:  # compiled at install when a C compiler is there (pyproject.toml); else PyTorch operations do the same sums
+    from pqprune.measure import _kernels
+
+    kernels: ModuleType | None = _kernels
+except ImportError:  # pragma: no cover - depends on the installation
+    kernels = None
+
+KERNEL_EXPONENTS = frozenset({0.5, 1.0, 2.0})
+"""Exponents the compiled float32 kernel sums (the PQ Index pairs of the papers, Hoyer's); others use PyTorch."""
+# Below this many entries a tensor is summed on the calling thread: starting a thread costs ~50 µs.
+_SPLIT_MIN = 1 << 20
 
 # Elements handled at once: a block of 256K float32 (1 MB) stays in the L2 cache across the few element-wise
 # passes made over it, and is large enough to amortise Python overhead (measured: 1M-entry blocks are ~15%
@@ -98,6 +114,44 @@ def _check_exponents(exponents: Iterable[float]) -> list[float]:
     return exps
 
 
+def on_threads(work: Callable[[int, int], None], n_rows: int, numel: int) -> None:
+    """``work(r0, r1)`` over row ranges covering ``n_rows`` rows: split over PyTorch's thread count when the matrix
+    has at least ``_SPLIT_MIN`` entries (for work that releases the GIL, as the compiled kernels do)."""
+    parts = min(torch.get_num_threads(), n_rows) if numel >= _SPLIT_MIN else 1
+    bounds = [n_rows * i // max(parts, 1) for i in range(max(parts, 1) + 1)]
+    threads = [threading.Thread(target=work, args=(a, b)) for a, b in itertools.pairwise(bounds[1:])]
+    for t in threads:
+        t.start()
+    work(bounds[0], bounds[1])
+    for t in threads:
+        t.join()
+
+
+def _kernel_row_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float]) -> dict[float, Tensor] | None:
+    """The float32 kernel's per-row sums for ``exps``, or None where it does not apply (no kernel, another device,
+    dtype or exponent, a non-contiguous matrix)."""
+    if (
+        kernels is None
+        or rows.device.type != "cpu"
+        or rows.dtype != torch.float32
+        or not set(exps) <= KERNEL_EXPONENTS
+        or not rows.is_contiguous()
+        or (mrows is not None and (mrows.dtype != torch.bool or not mrows.is_contiguous()))
+    ):
+        return None
+    n_rows, n_cols = rows.shape
+    out = torch.empty((n_rows, 3), dtype=torch.float64)
+    kernel = kernels
+
+    def work(r0: int, r1: int) -> None:
+        mask = 0 if mrows is None else mrows.data_ptr() + r0 * n_cols
+        kernel.f32_row_sums(rows.data_ptr() + 4 * r0 * n_cols, mask, r1 - r0, n_cols, out.data_ptr() + 24 * r0)
+
+    on_threads(work, n_rows, rows.numel())
+    column = {0.5: 0, 1.0: 1, 2.0: 2}
+    return {s: out[:, column[s]] for s in exps}
+
+
 def _row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], name: str) -> RowStats:
     """:func:`power_sums_of` for one matrix (any dtype, device and exponents)."""
     n_rows, n_cols = rows.shape
@@ -108,6 +162,10 @@ def _row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], n
         count = mrows.sum(dim=1, dtype=torch.float64)
     if n_rows == 0 or n_cols == 0:
         return RowStats(count, {s: torch.zeros(n_rows, dtype=torch.float64, device=rows.device) for s in exps})
+    if (fast := _kernel_row_sums(rows, mrows, exps)) is not None:
+        return _checked(RowStats(count, fast), name)
+    if rows.dtype in HALF_DTYPES and (both := kernel_half_rows(rows, mrows, rows.dtype, exps, name)) is not None:
+        return both[1]
     # Blocks of whole rows, or column slices of one row when a row is longer than a chunk. Scratch buffers are
     # reused for every block: allocating (and first touching) fresh memory per block costs more than the maths.
     row_step = max(1, _CHUNK // n_cols)
@@ -131,10 +189,14 @@ def _row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], n
                 # masked_fill, not a product: a pruned NaN must not poison the sums.
                 a.masked_fill_(mrows[r0:r1, c0:c1].logical_not(), 0.0)
             _block_sums(a, exps, {s: partial[s][j, r0:r1] for s in exps}, scratch[: r1 - r0, : c1 - c0])
-    sums = {s: partial[s].sum(dim=0, dtype=torch.float64) for s in exps}
-    if not all(bool(torch.isfinite(v).all()) for v in sums.values()):
+    return _checked(RowStats(count, {s: partial[s].sum(dim=0, dtype=torch.float64) for s in exps}), name)
+
+
+def _checked(stats: RowStats, name: str) -> RowStats:
+    """``stats`` after checking that no sum is NaN or infinite (a NaN or infinite survivor makes its row's sums so)."""
+    if not all(bool(torch.isfinite(v).all()) for v in stats.sums.values()):
         raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
-    return RowStats(count, sums)
+    return stats
 
 
 def power_sums_of(
@@ -206,3 +268,73 @@ def map_units(units: Mapping[str, RowStats], fn: Callable[[RowStats], Tensor]) -
     """``fn`` (a per-row formula such as :func:`pq_from_sums`) applied to all units in one vectorised call."""
     joined = join(units)
     return joined.split(fn(joined.joined))
+
+
+# --------------------------------------------------------------------------------------------- 16-bit floats
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_BINS = 1 << 15  # magnitudes of a 16-bit float: its bit patterns without the sign
+
+
+@functools.lru_cache(maxsize=4)
+def half_values(dtype: torch.dtype) -> Tensor:
+    """The float64 magnitude of each of the 2^15 sign-less bit patterns of a 16-bit float ``dtype`` (ascending:
+    non-negative floats sort like their bit patterns; the last patterns are Inf and NaN)."""
+    return torch.arange(HALF_BINS, dtype=torch.int16).view(dtype).to(torch.float64)
+
+
+def _nonfinite_from(dtype: torch.dtype) -> int:
+    """The first bit pattern of a 16-bit float ``dtype`` that is Inf (Inf and NaN follow it)."""
+    return int(torch.tensor(math.inf, dtype=dtype).view(torch.int16))
+
+
+def checked_counts(counts: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+    """``counts`` after checking that no survivor was NaN or infinite (the bit patterns from Inf on)."""
+    if bool(counts[_nonfinite_from(dtype) :].any()):
+        raise ValueError(f"tensor {name!r} has NaN or infinite surviving entries")
+    return counts
+
+
+def kernel_applies(bits: Tensor, mask: Tensor | None) -> bool:
+    """Whether the compiled kernels can read ``bits`` (and ``mask``): on CPU, contiguous, a bool mask."""
+    return (
+        kernels is not None
+        and bits.device.type == "cpu"
+        and bits.is_contiguous()
+        and (mask is None or (mask.dtype == torch.bool and mask.is_contiguous()))
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _power_tables(dtype: torch.dtype, exps: tuple[float, ...]) -> Tensor:
+    """float32 [len(exps), 2^15]: each magnitude of ``dtype`` to each power (Inf and NaN patterns give 0: the
+    histogram reports them)."""
+    values = half_values(dtype)
+    finite = torch.isfinite(values)
+    return torch.stack([torch.where(finite, values, 0.0) ** s for s in exps]).to(torch.float32).contiguous()
+
+
+def kernel_half_rows(
+    rows: Tensor, mrows: Tensor | None, dtype: torch.dtype, exps: Sequence[float], name: str
+) -> tuple[Tensor, RowStats] | None:
+    """:func:`half_rows` by the compiled kernel (powers looked up per magnitude), or None where it does not apply."""
+    bits = rows.view(torch.int16)
+    if not kernel_applies(bits, mrows):
+        return None
+    assert kernels is not None
+    n_rows, n_cols = rows.shape
+    tables = _power_tables(dtype, tuple(exps))
+    out = torch.empty((n_rows, len(exps)), dtype=torch.float64)
+    counts = torch.zeros(HALF_BINS, dtype=torch.int64)
+    address = 0 if mrows is None else mrows.data_ptr()
+    pruned = kernels.half_row_sums(
+        bits.data_ptr(), address, n_rows, n_cols, tables.data_ptr(), len(exps), out.data_ptr(), counts.data_ptr()
+    )
+    counts[0] -= pruned
+    count = (
+        torch.full((n_rows,), float(n_cols), dtype=torch.float64)
+        if mrows is None
+        else mrows.sum(dim=1, dtype=torch.float64)
+    )
+    return checked_counts(counts, dtype, name), _checked(
+        RowStats(count, {s: out[:, i] for i, s in enumerate(exps)}), name
+    )

@@ -1,0 +1,150 @@
+/* One-pass CPU kernels for the measures (docs/math.md §2–3), called from pqprune.measure.sums and
+ * pqprune.measure.histogram, which check every argument and keep a PyTorch path for everything else.
+ *
+ * Why C: the measures read each weight once and do a few operations on it. PyTorch does each operation as its
+ * own pass over a block (|w|, then √, then a sum), its square root alone costs several reads of the block on
+ * this project's CPUs, and torch.bincount counts one entry at a time into one table. Fused loops that GCC
+ * vectorises (and, for counting, four interleaved tables, so that runs of equal magnitudes do not wait on one
+ * another) are the difference between several reads of the weights and about one.
+ *
+ * Arguments are addresses of contiguous buffers (tensor.data_ptr()) and sizes; the caller owns the buffers and
+ * keeps them alive. The GIL is released while a kernel runs, so threads can measure tensors side by side.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+#define HALF_BINS 32768
+
+/* Counts of the sign-less bit patterns of n 16-bit floats into out (int64[HALF_BINS], added to). Entries whose
+ * mask byte is 0 are counted in bin 0; the number of them is returned, for the caller to take off (-1: out of
+ * memory). */
+CLONES static int64_t half_counts(const uint16_t *bits, const uint8_t *mask, int64_t n, int64_t *out) {
+    uint32_t(*h)[HALF_BINS] = malloc(4 * sizeof *h);
+    int64_t pruned = 0;
+    if (!h) return -1;
+    for (int64_t start = 0; start < n; start += (int64_t)1 << 30) { /* uint32 tables cannot overflow */
+        int64_t end = n - start > ((int64_t)1 << 30) ? start + ((int64_t)1 << 30) : n;
+        memset(h, 0, 4 * sizeof *h);
+        int64_t i = start;
+        for (; i + 4 <= end; i += 4) {
+            uint16_t k0 = bits[i] & 0x7fff, k1 = bits[i + 1] & 0x7fff;
+            uint16_t k2 = bits[i + 2] & 0x7fff, k3 = bits[i + 3] & 0x7fff;
+            if (mask) {
+                k0 = mask[i] ? k0 : 0, k1 = mask[i + 1] ? k1 : 0;
+                k2 = mask[i + 2] ? k2 : 0, k3 = mask[i + 3] ? k3 : 0;
+            }
+            h[0][k0]++, h[1][k1]++, h[2][k2]++, h[3][k3]++;
+        }
+        for (; i < end; i++) h[0][mask && !mask[i] ? 0 : bits[i] & 0x7fff]++;
+        for (int k = 0; k < HALF_BINS; k++) out[k] += (int64_t)h[0][k] + h[1][k] + h[2][k] + h[3][k];
+        if (mask)
+            for (i = start; i < end; i++) pruned += !mask[i];
+    }
+    free(h);
+    return pruned;
+}
+
+/* Per row of a float32 [rows, cols] matrix: Σ√|w|, Σ|w|, Σw² over entries whose mask byte is not 0 (all when
+ * mask is NULL), into out (float64[rows, 3]). Each power is taken in float32, as PyTorch would, and summed in
+ * float64 (vectorised: the order of the additions changes, not their precision), so equal magnitudes add up
+ * exactly enough for the counts that depend on them. NaN and Inf reach the sums, where the caller looks. */
+CLONES static void f32_row_sums(const float *w, const uint8_t *mask, int64_t rows, int64_t cols, double *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = w + r * cols;
+        const uint8_t *m = mask ? mask + r * cols : NULL;
+        double t05 = 0, t1 = 0, t2 = 0;
+        if (m) {
+            for (int64_t j = 0; j < cols; j++) {
+                float a = m[j] ? fabsf(x[j]) : 0.0f;
+                t05 += (double)sqrtf(a), t1 += (double)a, t2 += (double)(a * a);
+            }
+        } else {
+            for (int64_t j = 0; j < cols; j++) {
+                float a = fabsf(x[j]);
+                t05 += (double)sqrtf(a), t1 += (double)a, t2 += (double)(a * a);
+            }
+        }
+        out[3 * r] = t05, out[3 * r + 1] = t1, out[3 * r + 2] = t2;
+    }
+}
+
+/* Per row of a 16-bit [rows, cols] matrix: the float64 sums of table[e][key] for each of n_tables tables (float32
+ * [n_tables, HALF_BINS]: a magnitude's powers, looked up instead of computed) into out (float64[rows, n_tables]),
+ * and the counts of keys into hist as half_counts does (its return value). */
+static int64_t half_row_sums(const uint16_t *bits, const uint8_t *mask, int64_t rows, int64_t cols,
+                             const float *tables, int64_t n_tables, double *out, int64_t *hist) {
+    int64_t pruned = half_counts(bits, mask, rows * cols, hist);
+    if (pruned < 0) return pruned;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *x = bits + r * cols;
+        const uint8_t *m = mask ? mask + r * cols : NULL;
+        for (int64_t e = 0; e < n_tables; e++) {
+            const float *t = tables + e * HALF_BINS;
+            double total = 0; /* a table lookup per entry is not vectorised: a float64 sum costs nothing more */
+            for (int64_t j = 0; j < cols; j++) total += (m && !m[j]) ? 0.0f : t[x[j] & 0x7fff];
+            out[r * n_tables + e] = total;
+        }
+    }
+    return pruned;
+}
+
+static PyObject *py_half_counts(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long bits, mask, out;
+    long long n, pruned;
+    if (!PyArg_ParseTuple(args, "KKLK", &bits, &mask, &n, &out)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    pruned = half_counts((const uint16_t *)bits, (const uint8_t *)mask, n, (int64_t *)out);
+    Py_END_ALLOW_THREADS;
+    if (pruned < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(pruned);
+}
+
+static PyObject *py_f32_row_sums(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long w, mask, out;
+    long long rows, cols;
+    if (!PyArg_ParseTuple(args, "KKLLK", &w, &mask, &rows, &cols, &out)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    f32_row_sums((const float *)w, (const uint8_t *)mask, rows, cols, (double *)out);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_half_row_sums(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long bits, mask, tables, out, hist;
+    long long rows, cols, n_tables, pruned;
+    if (!PyArg_ParseTuple(args, "KKLLKLKK", &bits, &mask, &rows, &cols, &tables, &n_tables, &out, &hist))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    pruned = half_row_sums((const uint16_t *)bits, (const uint8_t *)mask, rows, cols, (const float *)tables,
+                           n_tables, (double *)out, (int64_t *)hist);
+    Py_END_ALLOW_THREADS;
+    if (pruned < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(pruned);
+}
+
+static PyMethodDef methods[] = {
+    {"half_counts", py_half_counts, METH_VARARGS, "half_counts(bits, mask, n, out) -> pruned"},
+    {"f32_row_sums", py_f32_row_sums, METH_VARARGS, "f32_row_sums(w, mask, rows, cols, out)"},
+    {"half_row_sums", py_half_row_sums, METH_VARARGS,
+     "half_row_sums(bits, mask, rows, cols, tables, n_tables, out, hist) -> pruned"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels", "One-pass CPU kernels for the measures.", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
