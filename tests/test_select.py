@@ -229,3 +229,47 @@ def test_global_selection_of_16_bit_weights(dtype):
     ref = select_prune({n: t.float().abs() for n, t in w.items()}, {"global": 900}, "global", alive)
     assert all(torch.equal(out[n], ref[n]) for n in w)
     assert sum(int(m.sum()) for m in out.values()) == 900
+
+
+@st.composite
+def _weights_case(draw):
+    n_t = draw(st.integers(1, 3))
+    shapes = [(draw(st.integers(1, 6)), draw(st.integers(1, 9))) for _ in range(n_t)]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    levels = draw(st.sampled_from([3, 50, 10_000]))  # few levels = many ties, of both signs
+    weights = [(torch.randint(-levels, levels, s, generator=g).float() / 7) for s in shapes]
+    alive = [torch.rand(s, generator=g) < draw(st.floats(0.2, 1.0)) for s in shapes]
+    return weights, alive, draw(st.floats(0, 1))
+
+
+@given(_weights_case(), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_global_magnitude_selection_equals_stable_sort_with_and_without_kernels(case, compiled):
+    # Magnitude scores of float32 CPU weights take the compiled kernels' passes; the PyTorch passes must agree.
+    weights, alive, frac = case
+    names = [f"t{i}" for i in range(len(weights))]
+    c = int(frac * sum(int(a.sum()) for a in alive))
+    kernels = select.sums.kernels
+    try:
+        select.sums.kernels = kernels if compiled else None
+        got = smallest_global(magnitude_scores(dict(zip(names, weights))), c, dict(zip(names, alive)))
+    finally:
+        select.sums.kernels = kernels
+    want = _reference([w.abs() for w in weights], alive, c)
+    assert all(torch.equal(got[n], w) for n, w in zip(names, want))
+
+
+def test_global_magnitude_kernel_split_over_threads_equals_pytorch_passes(monkeypatch):
+    from pqprune.threads import torch_threads
+
+    g = torch.Generator().manual_seed(1)
+    weights = {"a": torch.randn(1200, 1000, generator=g), "b": torch.randn(300, 7, generator=g)}
+    weights["a"][0, :5000] = 0.25  # a run of ties
+    alive = {"a": torch.rand(1200, 1000, generator=g) < 0.7, "b": None}
+    k = 400_000
+    with torch_threads(2):
+        fast = smallest_global(magnitude_scores(weights), k, alive)
+    monkeypatch.setattr(select.sums, "kernels", None)
+    slow = smallest_global(magnitude_scores(weights), k, alive)
+    assert all(torch.equal(fast[n], slow[n]) for n in weights)
+    assert sum(int(m.sum()) for m in fast.values()) == k

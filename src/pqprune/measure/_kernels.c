@@ -1,5 +1,6 @@
-/* One-pass CPU kernels for the measures (docs/math.md §2–3), called from pqprune.measure.sums and
- * pqprune.measure.histogram, which check every argument and keep a PyTorch path for everything else.
+/* One-pass CPU kernels for the measures (docs/math.md §2–3) and the exact global magnitude selection (§5), called
+ * from pqprune.measure.sums, pqprune.measure.histogram and pqprune.prune.select, which check every argument and
+ * keep a PyTorch path for everything else (other devices, dtypes, exponents and scores).
  *
  * Why C: the measures read each weight once and do a few operations on it. PyTorch does each operation as its
  * own pass over a block (|w|, then √, then a sum), its square root alone costs several reads of the block on
@@ -98,6 +99,43 @@ static int64_t half_row_sums(const uint16_t *bits, const uint8_t *mask, int64_t 
     return pruned;
 }
 
+/* Radix digits of the magnitudes of n float32 weights, for the exact global selection (pqprune.prune.select): a
+ * magnitude's bit pattern (the weight's without the sign) orders it like its value. Level 0 counts the top 16
+ * bits, offset by 2^15 as the selection counts signed digits, into out (int64[65537], added to), entries whose
+ * mask byte is 0 in the last bin; level 1 counts the low 16 bits of the survivors whose top 16 bits are prefix. */
+CLONES static int f32_magnitude_digits(const uint32_t *bits, const uint8_t *mask, int64_t n, int level,
+                                       uint32_t prefix, int64_t *out) {
+    if (level != 0) {
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t k = bits[i] & 0x7fffffffu;
+            if ((k >> 16) == prefix && (!mask || mask[i])) out[k & 0xffff]++;
+        }
+        return 0;
+    }
+    enum { BINS = 65537 };
+    uint32_t(*h)[BINS] = malloc(4 * sizeof *h);
+    if (!h) return -1;
+    for (int64_t start = 0; start < n; start += (int64_t)1 << 30) {
+        int64_t end = n - start > ((int64_t)1 << 30) ? start + ((int64_t)1 << 30) : n;
+        memset(h, 0, 4 * sizeof *h);
+        for (int64_t i = start; i < end; i++) {
+            uint32_t d = ((bits[i] & 0x7fffffffu) >> 16) + 32768u;
+            h[i & 3][mask && !mask[i] ? BINS - 1 : d]++;
+        }
+        for (int k = 0; k < BINS; k++) out[k] += (int64_t)h[0][k] + h[1][k] + h[2][k] + h[3][k];
+    }
+    free(h);
+    return 0;
+}
+
+/* keep[i] = 1 where the magnitude's bit pattern is at least bound and the mask byte (if any) is not 0. */
+CLONES static void f32_keep_from(const uint32_t *bits, const uint8_t *mask, int64_t n, uint32_t bound, uint8_t *keep) {
+    if (mask)
+        for (int64_t i = 0; i < n; i++) keep[i] = ((bits[i] & 0x7fffffffu) >= bound) & (mask[i] != 0);
+    else
+        for (int64_t i = 0; i < n; i++) keep[i] = (bits[i] & 0x7fffffffu) >= bound;
+}
+
 static PyObject *py_half_counts(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long bits, mask, out;
@@ -135,11 +173,40 @@ static PyObject *py_half_row_sums(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(pruned);
 }
 
+static PyObject *py_f32_magnitude_digits(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long bits, mask, out;
+    long long n;
+    int level, status;
+    unsigned int prefix;
+    if (!PyArg_ParseTuple(args, "KKLiIK", &bits, &mask, &n, &level, &prefix, &out)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    status = f32_magnitude_digits((const uint32_t *)bits, (const uint8_t *)mask, n, level, prefix, (int64_t *)out);
+    Py_END_ALLOW_THREADS;
+    if (status < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_f32_keep_from(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long bits, mask, keep;
+    long long n;
+    unsigned int bound;
+    if (!PyArg_ParseTuple(args, "KKLIK", &bits, &mask, &n, &bound, &keep)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    f32_keep_from((const uint32_t *)bits, (const uint8_t *)mask, n, bound, (uint8_t *)keep);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"half_counts", py_half_counts, METH_VARARGS, "half_counts(bits, mask, n, out) -> pruned"},
     {"f32_row_sums", py_f32_row_sums, METH_VARARGS, "f32_row_sums(w, mask, rows, cols, out)"},
     {"half_row_sums", py_half_row_sums, METH_VARARGS,
      "half_row_sums(bits, mask, rows, cols, tables, n_tables, out, hist) -> pruned"},
+    {"f32_magnitude_digits", py_f32_magnitude_digits, METH_VARARGS,
+     "f32_magnitude_digits(bits, mask, n, level, prefix, out)"},
+    {"f32_keep_from", py_f32_keep_from, METH_VARARGS, "f32_keep_from(bits, mask, n, bound, keep)"},
     {NULL, NULL, 0, NULL},
 };
 

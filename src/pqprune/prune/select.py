@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pqprune.measure import sums
 from pqprune.measure.weights import GLOBAL, Scope, as_rows, check_mask, check_scope, match_masks, match_names
 
 Counts = Mapping[str, "int | Tensor"]
@@ -206,30 +207,92 @@ class Threshold:
     negative: bool
 
 
-def _score_chunks(stream: ScoreStream, score: ChunkScore | None) -> Iterator[tuple[int, Tensor, Tensor, Tensor | None]]:
-    """``(tensor position, tensor, flat score chunk, flat alive chunk)`` over one pass of ``stream``, in flat order.
+Buffers = dict[tuple[torch.dtype, torch.device], Tensor]
+
+
+def _streamed(stream: ScoreStream) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+    """``(position, tensor, alive)`` over one pass of ``stream``, masks checked against their tensors."""
+    for pos, (t, alive) in enumerate(stream()):
+        if alive is not None and alive.shape != t.shape:
+            raise ValueError(f"mask of tensor {pos} has shape {tuple(alive.shape)}, its scores have {tuple(t.shape)}")
+        yield pos, t, alive
+
+
+def _tensor_chunks(
+    t: Tensor, alive: Tensor | None, score: ChunkScore | None, buffers: Buffers
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(flat score chunk, flat alive chunk)`` of one streamed tensor, in flat order.
 
     Scores are computed chunk by chunk into one reused buffer when ``score`` is given, so a pass never holds more
     than a chunk of them; float16/bfloat16 scores are widened to float32 (exactly).
     """
-    buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-    chunk = _CHUNK
-    for pos, (t, alive) in enumerate(stream()):
-        if alive is not None and alive.shape != t.shape:
-            raise ValueError(f"mask of tensor {pos} has shape {tuple(alive.shape)}, its scores have {tuple(t.shape)}")
-        flat = t.detach().reshape(-1)
-        a = None if alive is None else alive.reshape(-1)
-        dtype = _score_dtype(flat)
-        key = (dtype, flat.device)
-        if (score is not None or flat.dtype != dtype) and key not in buffers:
-            buffers[key] = torch.empty(chunk, dtype=dtype, device=flat.device)
-        for i in range(0, flat.numel(), chunk):
-            part = flat[i : i + chunk]
-            if score is not None:
-                part = score(part, buffers[key][: part.numel()])
-            elif part.dtype != dtype:
-                part = buffers[key][: part.numel()].copy_(part)
-            yield pos, t, part, None if a is None else a[i : i + chunk]
+    flat = t.detach().reshape(-1)
+    a = None if alive is None else alive.reshape(-1)
+    dtype = _score_dtype(flat)
+    key = (dtype, flat.device)
+    if (score is not None or flat.dtype != dtype) and key not in buffers:
+        buffers[key] = torch.empty(_CHUNK, dtype=dtype, device=flat.device)
+    for i in range(0, flat.numel(), _CHUNK):
+        part = flat[i : i + _CHUNK]
+        if score is not None:
+            part = score(part, buffers[key][: part.numel()])
+        elif part.dtype != dtype:
+            part = buffers[key][: part.numel()].copy_(part)
+        yield part, None if a is None else a[i : i + _CHUNK]
+
+
+def _score_chunks(stream: ScoreStream, score: ChunkScore | None) -> Iterator[tuple[int, Tensor, Tensor, Tensor | None]]:
+    """``(tensor position, tensor, flat score chunk, flat alive chunk)`` over one pass of ``stream``, in flat order
+    (see :func:`_tensor_chunks`)."""
+    buffers: Buffers = {}
+    for pos, t, alive in _streamed(stream):
+        for part, a in _tensor_chunks(t, alive, score, buffers):
+            yield pos, t, part, a
+
+
+def _magnitude_kernel(t: Tensor, alive: Tensor | None, score: ChunkScore | None) -> bool:
+    """Whether the compiled kernels can do a pass over ``t`` (magnitude scores of a contiguous float32 CPU tensor,
+    a bool mask or none): the common case of magnitude pruning, in one fused pass instead of several."""
+    return (
+        sums.kernels is not None
+        and score is _abs_into
+        and t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and t.is_contiguous()
+        and (alive is None or (alive.dtype == torch.bool and alive.is_contiguous()))
+    )
+
+
+def _kernel_digits(t: Tensor, alive: Tensor | None, level: int, prefix: int) -> Tensor:
+    """:func:`_digit_histogram`'s counts (65,537 bins) for the magnitudes of one tensor, by the compiled kernel,
+    split over threads."""
+    assert sums.kernels is not None
+    kernel = sums.kernels
+    flat, a = t.detach().reshape(-1), None if alive is None else alive.reshape(-1)
+    parts: dict[int, Tensor] = {}
+
+    def work(i0: int, i1: int) -> None:
+        out = parts[i0] = torch.zeros((1 << _DIGIT) + 1, dtype=torch.int64)
+        mask = 0 if a is None else a.data_ptr() + i0
+        kernel.f32_magnitude_digits(flat.data_ptr() + 4 * i0, mask, i1 - i0, level, prefix, out.data_ptr())
+
+    sums.on_threads(work, flat.numel(), flat.numel())
+    return torch.stack(list(parts.values())).sum(0)
+
+
+def _kernel_keep(t: Tensor, alive: Tensor | None, bound: int) -> Tensor:
+    """The survivors of one tensor whose magnitude's order key is at least ``bound``, by the compiled kernel."""
+    assert sums.kernels is not None
+    kernel = sums.kernels
+    keep = torch.empty(t.shape, dtype=torch.bool)
+    flat, a, out = t.detach().reshape(-1), None if alive is None else alive.reshape(-1), keep.view(-1)
+
+    def work(i0: int, i1: int) -> None:
+        mask = 0 if a is None else a.data_ptr() + i0
+        kernel.f32_keep_from(flat.data_ptr() + 4 * i0, mask, i1 - i0, bound, out.data_ptr() + i0)
+
+    sums.on_threads(work, flat.numel(), flat.numel())
+    return keep
 
 
 def _order_keys(s: Tensor, maybe_negative: bool = True) -> tuple[Tensor, bool]:
@@ -261,24 +324,33 @@ def _digit_histogram(
     dtype: torch.dtype | None = None
     negative = False
     bins = 1 << _DIGIT
-    for _pos, _t, s, alive in _score_chunks(stream, score):
-        dtype = dtype or s.dtype
-        if s.dtype != dtype:
-            raise ValueError(f"scores mix {dtype} and {s.dtype}; give all tensors of a global unit one dtype")
-        shift = _INT[dtype][1] - _DIGIT * (level + 1)
-        key, neg = _order_keys(s, maybe_negative)
-        negative |= neg
-        if level == 0:
-            digit = (key >> shift).add_(bins >> 1)  # the signed top digit, from [−2^15, 2^15) to [0, 2^16)
-            if alive is not None:
-                digit.masked_fill_(alive.logical_not(), bins)  # counted in a last bin, then dropped
-        else:
-            match = torch.logical_not((key >> (shift + _DIGIT)) ^ prefix)  # faster than == on this many ints
-            if alive is not None:
-                match &= alive
-            digit = (key[match] >> shift) & (bins - 1)
-        counts = torch.bincount(digit, minlength=bins + 1)
+    buffers: Buffers = {}
+
+    def add(counts: Tensor, of: torch.dtype) -> None:
+        nonlocal hist, dtype
+        dtype = dtype or of
+        if of != dtype:
+            raise ValueError(f"scores mix {dtype} and {of}; give all tensors of a global unit one dtype")
         hist = counts if hist is None else hist.add_(counts)
+
+    for _pos, t, live in _streamed(stream):
+        if _magnitude_kernel(t, live, score) and level < 2:  # magnitudes are never negative
+            add(_kernel_digits(t, live, level, prefix), torch.float32)
+            continue
+        for s, alive in _tensor_chunks(t, live, score, buffers):
+            shift = _INT[s.dtype][1] - _DIGIT * (level + 1)
+            key, neg = _order_keys(s, maybe_negative)
+            negative |= neg
+            if level == 0:
+                digit = (key >> shift).add_(bins >> 1)  # the signed top digit, from [−2^15, 2^15) to [0, 2^16)
+                if alive is not None:
+                    digit.masked_fill_(alive.logical_not(), bins)  # counted in a last bin, then dropped
+            else:
+                match = torch.logical_not((key >> (shift + _DIGIT)) ^ prefix)  # faster than == on this many ints
+                if alive is not None:
+                    match &= alive
+                digit = (key[match] >> shift) & (bins - 1)
+            add(torch.bincount(digit, minlength=bins + 1), s.dtype)
     if hist is None or dtype is None:
         raise ValueError("global selection over no tensors")
     return hist[:bins], dtype, negative
@@ -333,40 +405,41 @@ def global_masks(stream: ScoreStream, k: int, score: ChunkScore | None = None) -
     ties, take_equal = th.ties, 0 < th.ties == th.equal
     bound = th.key + take_equal  # the smallest key kept
     pruned = 0
-    keep: Tensor | None = None
-    current = -1
-    scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-    for pos, t, s, alive in _score_chunks(stream, score):
-        if pos != current:
-            if keep is not None:
-                yield keep
-            keep, offset, current = torch.empty(t.shape, dtype=torch.bool, device=t.device), 0, pos
-        assert keep is not None
-        out = keep.view(-1)[offset : offset + s.numel()]
-        offset += s.numel()
-        if th.negative:
-            torch.logical_not(s <= th.value if take_equal else s < th.value, out=out)  # NaN is never pruned
-        else:
-            # All keys are bit patterns of non-negative floats (or NaN): key >= bound in integer arithmetic,
-            # about twice as fast as a float compare writing bools.
-            int_dtype, width = _INT[s.dtype]
-            buf = scratch.get((int_dtype, s.device))
-            if buf is None or buf.numel() < s.numel():
-                buf = scratch[(int_dtype, s.device)] = torch.empty(s.numel(), dtype=int_dtype, device=s.device)
-            d = torch.sub(s.view(int_dtype), bound, out=buf[: s.numel()])
-            out.copy_(d.bitwise_right_shift_(width - 1).bitwise_not_())  # −1 (True) where key >= bound, else 0
-        if alive is not None:
-            out &= alive
-        if ties and not take_equal:
-            at = s == th.value
+    scratch: Buffers = {}
+    buffers: Buffers = {}
+    for _pos, t, live in _streamed(stream):
+        if not th.negative and (take_equal or not ties) and _magnitude_kernel(t, live, score):
+            yield _kernel_keep(t, live, bound)
+            continue
+        keep = torch.empty(t.shape, dtype=torch.bool, device=t.device)
+        offset = 0
+        for s, alive in _tensor_chunks(t, live, score, buffers):
+            out = keep.view(-1)[offset : offset + s.numel()]
+            offset += s.numel()
+            if th.negative:
+                torch.logical_not(s <= th.value if take_equal else s < th.value, out=out)  # NaN is never pruned
+            else:
+                # All keys are bit patterns of non-negative floats (or NaN): key >= bound in integer arithmetic,
+                # about twice as fast as a float compare writing bools.
+                int_dtype, width = _INT[s.dtype]
+                buf = scratch.get((int_dtype, s.device))
+                if buf is None or buf.numel() < s.numel():
+                    buf = scratch[(int_dtype, s.device)] = torch.empty(s.numel(), dtype=int_dtype, device=s.device)
+                d = torch.sub(s.view(int_dtype), bound, out=buf[: s.numel()])
+                out.copy_(d.bitwise_right_shift_(width - 1).bitwise_not_())  # −1 (True) where key >= bound, else 0
             if alive is not None:
-                at &= alive
-            idx = at.nonzero().flatten()[:ties]
-            out[idx] = False
-            ties -= idx.numel()
-        if th.negative:  # a negative NaN was counted among the smallest keys, and is not pruned here
-            pruned += (s.numel() if alive is None else int(torch.count_nonzero(alive))) - int(torch.count_nonzero(out))
-    if keep is not None:
+                out &= alive
+            if ties and not take_equal:
+                at = s == th.value
+                if alive is not None:
+                    at &= alive
+                idx = at.nonzero().flatten()[:ties]
+                out[idx] = False
+                ties -= idx.numel()
+            if th.negative:  # a negative NaN was counted among the smallest keys, and is not pruned here
+                pruned += (s.numel() if alive is None else int(torch.count_nonzero(alive))) - int(
+                    torch.count_nonzero(out)
+                )
         yield keep
     if th.negative and pruned != k:
         raise ValueError(f"global selection pruned {pruned} of {k}: the scores contain NaN")
