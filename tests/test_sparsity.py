@@ -590,3 +590,38 @@ def test_gini_layers_and_global_merges_the_layer_sorts(monkeypatch):
     assert total == pytest.approx(ref_gini(torch.cat(flat).numpy()), abs=1e-12)
     assert layers == gini(sd, "layer", masks)
     assert total == gini(sd, "global", masks)
+
+
+@FAST
+@given(
+    st.lists(st.tuples(st.integers(1, 6), st.integers(1, 40)), min_size=1, max_size=4),
+    st.sampled_from([3, 1000]),  # few magnitudes: ties within and across layers
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_gini_of_float32_layers_by_one_radix_sort_equals_the_definition(shapes, levels, masked, seed):
+    from pqprune.measure import gini_layers_and_global, sums
+
+    g = gen(seed)
+    sd = {f"l{i}.weight": torch.randint(-levels, levels, s, generator=g).float() / 8 for i, s in enumerate(shapes)}
+    masks = {n: torch.rand(w.shape, generator=g) < 0.7 for n, w in sd.items()} if masked else None
+    assert sums.kernels is not None  # the compiled path is the one under test
+    layers, total = gini_layers_and_global(sd, masks)
+    kept = {n: (w[masks[n]] if masks else w).double().reshape(-1).numpy() for n, w in sd.items()}
+    for n, v in kept.items():
+        want = ref_gini(v) if v.size and np.abs(v).sum() > 0 else math.nan
+        assert layers[n] == pytest.approx(want, abs=1e-12, nan_ok=True), n
+    everything = np.concatenate(list(kept.values()))
+    want = ref_gini(everything) if everything.size and np.abs(everything).sum() > 0 else math.nan
+    assert total == pytest.approx(want, abs=1e-12, nan_ok=True)
+    assert layers == pytest.approx(gini(sd, "layer", masks), nan_ok=True)
+
+
+def test_gini_kernel_names_a_surviving_nan_and_ignores_a_pruned_one():
+    w = torch.ones(3, 4)
+    w[1, 2] = math.nan
+    with pytest.raises(ValueError, match="'x.weight' has NaN or infinite"):
+        gini({"x.weight": w}, "global")
+    m = torch.ones(3, 4, dtype=torch.bool)
+    m[1, 2] = False
+    assert gini({"x.weight": w}, "global", {"x.weight": m}) == pytest.approx(0.0, abs=1e-12)

@@ -136,6 +136,47 @@ CLONES static void f32_keep_from(const uint32_t *bits, const uint8_t *mask, int6
         for (int64_t i = 0; i < n; i++) keep[i] = (bits[i] & 0x7fffffffu) >= bound;
 }
 
+/* The Gini index's sums for units and for all of them together, from one sort (docs/math.md §3): keys are the
+ * bit patterns of n survivors' float32 magnitudes (ordered like the values), unit[i] the unit of key i (< n_units).
+ * A stable LSD radix sort (three passes of 11 bits) orders all keys, carrying units along; the sorted order
+ * restricted to one unit is that unit's sorted order, so one walk gives, per unit u and (row n_units) for all,
+ * out[2u] = Σ_i i·x_(i) (ranks from 1) and out[2u + 1] = Σ x. keys and unit are the sort's first buffers (their
+ * contents are lost). Returns -1 when out of memory. */
+static int gini_sums(uint32_t *keys, uint16_t *unit, int64_t n, int64_t n_units, double *out) {
+    uint32_t *k2 = malloc(n * sizeof *k2), *ka = keys;
+    uint16_t *u2 = malloc(n * sizeof *u2), *ua = unit;
+    int64_t *rank = calloc(n_units, sizeof *rank), *count = malloc(2048 * sizeof *count);
+    if (!k2 || !u2 || !rank || !count) {
+        free(k2), free(u2), free(rank), free(count);
+        return -1;
+    }
+    for (int shift = 0; shift < 32; shift += 11) {
+        memset(count, 0, 2048 * sizeof *count);
+        for (int64_t i = 0; i < n; i++) count[(ka[i] >> shift) & 2047]++;
+        int64_t at = 0;
+        for (int d = 0; d < 2048; d++) {
+            int64_t c = count[d];
+            count[d] = at, at += c;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            int64_t to = count[(ka[i] >> shift) & 2047]++;
+            k2[to] = ka[i], u2[to] = ua[i];
+        }
+        uint32_t *tk = ka; ka = k2, k2 = tk;
+        uint16_t *tu = ua; ua = u2, u2 = tu;
+    }
+    memset(out, 0, 2 * (n_units + 1) * sizeof *out);
+    for (int64_t i = 0; i < n; i++) {
+        float x;
+        memcpy(&x, &ka[i], sizeof x);
+        int64_t u = ua[i];
+        out[2 * u] += (double)(++rank[u]) * x, out[2 * u + 1] += x;
+        out[2 * n_units] += (double)(i + 1) * x, out[2 * n_units + 1] += x;
+    }
+    free(keys == ka ? k2 : ka), free(unit == ua ? u2 : ua), free(rank), free(count);
+    return 0;
+}
+
 static PyObject *py_half_counts(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long bits, mask, out;
@@ -199,6 +240,19 @@ static PyObject *py_f32_keep_from(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_gini_sums(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long keys, unit, out;
+    long long n, n_units;
+    int status;
+    if (!PyArg_ParseTuple(args, "KKLLK", &keys, &unit, &n, &n_units, &out)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    status = gini_sums((uint32_t *)keys, (uint16_t *)unit, n, n_units, (double *)out);
+    Py_END_ALLOW_THREADS;
+    if (status < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"half_counts", py_half_counts, METH_VARARGS, "half_counts(bits, mask, n, out) -> pruned"},
     {"f32_row_sums", py_f32_row_sums, METH_VARARGS, "f32_row_sums(w, mask, rows, cols, out)"},
@@ -207,6 +261,7 @@ static PyMethodDef methods[] = {
     {"f32_magnitude_digits", py_f32_magnitude_digits, METH_VARARGS,
      "f32_magnitude_digits(bits, mask, n, level, prefix, out)"},
     {"f32_keep_from", py_f32_keep_from, METH_VARARGS, "f32_keep_from(bits, mask, n, bound, keep)"},
+    {"gini_sums", py_gini_sums, METH_VARARGS, "gini_sums(keys, unit, n, n_units, out)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,9 +1,10 @@
 """The Gini index of the surviving magnitudes, per neuron, per layer and for the whole model (docs/math.md §3).
 
 ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ_i x_(i))`` over the N survivors sorted ascending [Hurley & Rickard 2009]: it
-needs each unit sorted, unlike the power-sum measures. The layer and global values come from one sort of each
-layer: the global order is the merge of the layers' sorted runs (:func:`gini_layers_and_global`), never a second
-sort of all weights.
+needs each unit sorted, unlike the power-sum measures. The layer and global values come from one sort: on CPU,
+for float16/32 weights, one radix sort of all survivors' magnitudes by the compiled kernel, carrying each one's
+layer along (the global order restricted to a layer is that layer's order); elsewhere one sort of each layer, the
+global order being the merge of the layers' sorted runs (:func:`gini_layers_and_global`).
 
 Pruned entries are set to 0 and sorted with the rest: they come first, so the survivors hold the last N ranks,
 and zero survivors add nothing wherever they sit.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pqprune.measure import sums
 from pqprune.measure.weights import Masks, Result, Scope, WeightSource, as_rows, check_masks, check_scope, named_weights
 
 # Columns summed at once in float64: a block of 256K stays in cache, and the Python overhead per block is small.
@@ -131,14 +133,57 @@ def _layer_runs(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None
     return out
 
 
-def gini_layers_and_global(obj: WeightSource, masks: Masks | None = None) -> tuple[dict[str, float], float]:
-    """The Gini index of every layer's survivors and of all survivors together, from one sort of each layer.
+def _gini_from_sums(weighted: float, total: float, count: float) -> float:
+    """:func:`_gini_sorted`'s value from ``Σ_i i·x_(i)`` (ranks from 1 over the ``count`` survivors) and ``Σ x``."""
+    if count <= 0 or total <= 0:
+        return math.nan
+    return (2.0 * weighted - (count + 1.0) * total) / (count * total)
 
-    The global value sorts nothing more: it merges the layers' sorted runs (on CPU a timsort of their
-    concatenation, which costs a fraction of a sort). Same values as :func:`gini` at layer and global scope.
+
+def _kernel_layers_and_global(
+    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]
+) -> tuple[dict[str, float], float] | None:
+    """Layer and global Gini from one radix sort of all survivors' float32 magnitudes by the compiled kernel (the
+    global order restricted to a layer is the layer's order), or None where it does not apply (no kernel, not on
+    CPU, float64 weights, more than 65,536 layers)."""
+    if (
+        sums.kernels is None
+        or not weights
+        or len(weights) > 1 << 16
+        or any(w.device.type != "cpu" or w.dtype == torch.float64 for w in weights.values())
+    ):
+        return None
+    keys, counts = [], []
+    for n, w in weights.items():
+        a = w.detach().abs().to(torch.float32).reshape(-1)
+        if (m := masks[n]) is not None:
+            a = a[m.reshape(-1)]
+        k = a.view(torch.int32)
+        if k.numel() and int(k.max()) >= 0x7F800000:  # the bit patterns of Inf and NaN
+            raise ValueError(f"tensor {n!r} has NaN or infinite surviving entries")
+        keys.append(k)
+        counts.append(k.numel())
+    flat = torch.cat(keys)
+    unit = torch.repeat_interleave(torch.arange(len(counts), dtype=torch.int16), torch.tensor(counts))
+    out = torch.empty((len(counts) + 1, 2), dtype=torch.float64)
+    sums.kernels.gini_sums(flat.data_ptr(), unit.data_ptr(), flat.numel(), len(counts), out.data_ptr())
+    layers = {
+        n: _gini_from_sums(float(out[i, 0]), float(out[i, 1]), c) for i, (n, c) in enumerate(zip(weights, counts))
+    }
+    return layers, _gini_from_sums(float(out[-1, 0]), float(out[-1, 1]), flat.numel())
+
+
+def gini_layers_and_global(obj: WeightSource, masks: Masks | None = None) -> tuple[dict[str, float], float]:
+    """The Gini index of every layer's survivors and of all survivors together, from one sort (module docstring):
+    the compiled kernel's radix sort of all survivors, else one sort of each layer and a merge of the sorted runs
+    (a timsort of their concatenation on CPU, which costs a fraction of a sort). Same values as :func:`gini` at
+    layer and global scope.
     """
     weights = named_weights(obj)
-    runs = _layer_runs(weights, check_masks(weights, masks))
+    matched = check_masks(weights, masks)
+    if (fast := _kernel_layers_and_global(weights, matched)) is not None:
+        return fast
+    runs = _layer_runs(weights, matched)
     layers = {n: _gini_sorted(x, c) for n, (x, c) in runs.items()}
     everything = _merged([x for x, _ in runs.values()])
     return layers, _gini_sorted(everything, sum(c for _, c in runs.values()))
@@ -166,6 +211,8 @@ def gini(obj: WeightSource, scope: Scope = "global", masks: Masks | Tensor | Non
             )
             out[n] = _gini_rows(rows, cnt).cpu()
         return out
+    if (fast := _kernel_layers_and_global(weights, matched)) is not None:
+        return fast[0] if scope == "layer" else fast[1]
     runs = _layer_runs(weights, matched)
     if scope == "layer":
         return {n: _gini_sorted(x, c) for n, (x, c) in runs.items()}
