@@ -140,8 +140,8 @@ def _multiply(targets: Sequence[Tensor], mults: Sequence[Tensor]) -> None:
     """``t *= m`` in place for each pair: ``m`` a float mask of ``t``'s dtype, or a uint8 view of a bool one.
 
     On CPU a uint8 mask is converted to float a chunk at a time (the mixed-type product is several times slower
-    than two same-type passes over a chunk in cache); a plain loop beats ``_foreach_mul_`` there (27 vs 33 µs on
-    the MLP). Elsewhere one ``_foreach_mul_`` launch does all.
+    than two same-type passes over a chunk in cache); a plain loop measured faster than ``_foreach_mul_`` there
+    (``bench/bench_prune.py --only b``). Elsewhere one ``_foreach_mul_`` launch does all.
     """
     if targets[0].device.type != "cpu":
         torch._foreach_mul_(list(targets), list(mults))
@@ -267,8 +267,8 @@ class MaskSet:
         Measured: multiplying by a bool (or uint8) mask is ~3-7x slower than by a float one. So small tensors get
         a cached float copy; large ones keep only a uint8 view of the bool mask (no memory), which on CPU is
         converted to float a chunk at a time by :func:`_multiply` (on accelerators the mixed-type product is as
-        fast). The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (~6 µs
-        a step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
+        fast). The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (a
+        context switch per step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
         (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``).
         """
         cache = self._cache
