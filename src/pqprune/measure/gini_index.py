@@ -153,18 +153,27 @@ def _kernel_layers_and_global(
         or any(w.device.type != "cpu" or w.dtype == torch.float64 for w in weights.values())
     ):
         return None
-    keys, counts = [], []
-    for n, w in weights.items():
-        a = w.detach().abs().to(torch.float32).reshape(-1)
-        if (m := masks[n]) is not None:
-            a = a[m.reshape(-1)]
-        k = a.view(torch.int32)
-        if k.numel() and int(k.max()) >= 0x7F800000:  # the bit patterns of Inf and NaN
-            raise ValueError(f"tensor {n!r} has NaN or infinite surviving entries")
-        keys.append(k)
-        counts.append(k.numel())
-    flat = torch.cat(keys)
-    unit = torch.repeat_interleave(torch.arange(len(counts), dtype=torch.int16), torch.tensor(counts))
+    kept = {
+        n: w.detach().reshape(-1) if (m := masks[n]) is None else w.detach().reshape(-1)[m.reshape(-1)]
+        for n, w in weights.items()
+    }
+    counts = [v.numel() for v in kept.values()]
+    # The magnitudes are written straight into one buffer (no per-layer copies, no concatenation).
+    flat = torch.empty(sum(counts), dtype=torch.float32)
+    unit = torch.empty(sum(counts), dtype=torch.int16)
+    at = 0
+    for i, v in enumerate(kept.values()):
+        part = flat[at : at + v.numel()]
+        if v.dtype == torch.float32:
+            torch.abs(v, out=part)
+        else:
+            part.copy_(v).abs_()
+        unit[at : at + v.numel()] = i
+        at += v.numel()
+    flat = flat.view(torch.int32)
+    if flat.numel() and int(flat.max()) >= 0x7F800000:  # the bit patterns of Inf and NaN
+        bad = next(n for n, v in kept.items() if v.numel() and not bool(v.isfinite().all()))
+        raise ValueError(f"tensor {bad!r} has NaN or infinite surviving entries")
     out = torch.empty((len(counts) + 1, 2), dtype=torch.float64)
     sums.kernels.gini_sums(flat.data_ptr(), unit.data_ptr(), flat.numel(), len(counts), out.data_ptr())
     layers = {
