@@ -85,6 +85,17 @@ def test_pruned_nan_is_ignored_and_surviving_nan_raises():
         power_sums_of({"other.weight": torch.full((3, 4), float("nan"))}, (1.0, 2.0))
 
 
+def test_one_kernel_call_for_many_tensors_names_the_one_with_a_nan():
+    weights = {f"block{i}.weight": torch.randn(8, 3, 3, 3, generator=gen(i)) for i in range(5)}
+    weights["block3.weight"][2, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'block3.weight'"):
+        power_sums_of(weights, (0.5, 1.0))
+    masks = {"block3.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool)}
+    masks["block3.weight"][2, 1, 0, 0] = False  # pruned: ignored
+    got = power_sums_of(weights, (0.5, 1.0), masks)
+    assert got["block3.weight"].count[2] == 26.0 and float(got["block4.weight"].count.sum()) == 8 * 27
+
+
 @pytest.mark.slow
 def test_large_tensor_agrees_with_float64():
     """> 10M float32 entries (rows longer than a block: column slices) vs float64."""

@@ -55,19 +55,21 @@ CLONES static int64_t half_counts(const uint16_t *bits, const uint8_t *mask, int
     return pruned;
 }
 
-/* Per row of a float32 [rows, cols] matrix: Σ√|w|, Σ|w|, Σw² over entries whose mask byte is not 0 (all when
- * mask is NULL), into out (float64[rows, 3]). Each power is taken in float32, as PyTorch would, and summed in
- * float64 (vectorised: the order of the additions changes, not their precision), so equal magnitudes add up
- * exactly enough for the counts that depend on them. NaN and Inf reach the sums, where the caller looks. */
+/* Per row of a float32 [rows, cols] matrix: the number of entries whose mask byte is not 0 (all when mask is NULL)
+ * and their Σ√|w|, Σ|w|, Σw², into out (float64[rows, 4]). Each power is taken in float32, as PyTorch would, and
+ * summed in float64 (vectorised: the order of the additions changes, not their precision), so equal magnitudes add
+ * up exactly enough for the counts that depend on them. NaN and Inf reach the sums, where the caller looks. */
 CLONES static void f32_row_sums(const float *w, const uint8_t *mask, int64_t rows, int64_t cols, double *out) {
     for (int64_t r = 0; r < rows; r++) {
         const float *x = w + r * cols;
         const uint8_t *m = mask ? mask + r * cols : NULL;
         double t05 = 0, t1 = 0, t2 = 0;
+        int64_t alive = cols;
         if (m) {
+            alive = 0;
             for (int64_t j = 0; j < cols; j++) {
                 float a = m[j] ? fabsf(x[j]) : 0.0f;
-                t05 += (double)sqrtf(a), t1 += (double)a, t2 += (double)(a * a);
+                t05 += (double)sqrtf(a), t1 += (double)a, t2 += (double)(a * a), alive += m[j] != 0;
             }
         } else {
             for (int64_t j = 0; j < cols; j++) {
@@ -75,20 +77,60 @@ CLONES static void f32_row_sums(const float *w, const uint8_t *mask, int64_t row
                 t05 += (double)sqrtf(a), t1 += (double)a, t2 += (double)(a * a);
             }
         }
-        out[3 * r] = t05, out[3 * r + 1] = t1, out[3 * r + 2] = t2;
+        out[4 * r] = (double)alive, out[4 * r + 1] = t05, out[4 * r + 2] = t1, out[4 * r + 3] = t2;
     }
 }
 
-/* Per row of a 16-bit [rows, cols] matrix: the float64 sums of table[e][key] for each of n_tables tables (float32
- * [n_tables, HALF_BINS]: a magnitude's powers, looked up instead of computed) into out (float64[rows, n_tables]),
- * and the counts of keys into hist as half_counts does (its return value). */
-static int64_t half_row_sums(const uint16_t *bits, const uint8_t *mask, int64_t rows, int64_t cols,
+/* f32_row_sums of rows r0 to r1 (exclusive) of n matrices' rows laid end to end, matrix i described by
+ * table[4i .. 4i + 3] = its address, its mask's address (0: none), rows, cols; row k of the concatenation goes
+ * to out[4k .. 4k + 3]. One call measures many small tensors, and threads share a model by row ranges. */
+static void f32_many_row_sums(const int64_t *table, int64_t n, int64_t r0, int64_t r1, double *out) {
+    int64_t first = 0; /* the matrix's first row in the concatenation */
+    for (int64_t i = 0; i < n && first < r1; i++) {
+        const int64_t *t = table + 4 * i, rows = t[2], cols = t[3];
+        int64_t a = r0 > first ? r0 - first : 0, b = r1 - first < rows ? r1 - first : rows;
+        if (a < b) {
+            const uint8_t *m = t[1] ? (const uint8_t *)(intptr_t)t[1] + a * cols : NULL;
+            f32_row_sums((const float *)(intptr_t)t[0] + a * cols, m, b - a, cols, out + 4 * (first + a));
+        }
+        first += rows;
+    }
+}
+
+/* The magnitudes of n 16-bit floats (bf16: bfloat16, else float16) as float32, 0 for Inf and NaN (the histogram
+ * reports them): a bfloat16 is the top half of a float32; float16's exponent and mantissa moved into float32's
+ * places give its value times 2^-112, subnormals included. */
+CLONES static void half_magnitudes(const uint16_t *x, int64_t n, int bf16, float *out) {
+    union { uint32_t u; float f; } v;
+    if (bf16)
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t k = x[j] & 0x7fffu;
+            v.u = k << 16;
+            out[j] = k < 0x7f80u ? v.f : 0.0f;
+        }
+    else
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t k = x[j] & 0x7fffu;
+            v.u = k << 13;
+            out[j] = k < 0x7c00u ? v.f * 0x1p112f : 0.0f;
+        }
+}
+
+/* Per row of a 16-bit [rows, cols] matrix, the counts of keys into hist as half_counts does (its return value),
+ * and either (n_tables = 0) f32_row_sums of its magnitudes into out (float64[rows, 4]), or the float64 sums of
+ * table[e][key] for each of n_tables tables (float32 [n_tables, HALF_BINS]: other powers, looked up) into out
+ * (float64[rows, n_tables]). Returns -1 when out of memory. */
+static int64_t half_row_sums(const uint16_t *bits, const uint8_t *mask, int64_t rows, int64_t cols, int bf16,
                              const float *tables, int64_t n_tables, double *out, int64_t *hist) {
-    int64_t pruned = half_counts(bits, mask, rows * cols, hist);
-    if (pruned < 0) return pruned;
-    for (int64_t r = 0; r < rows; r++) {
+    float *row = n_tables ? NULL : malloc(cols * sizeof *row);
+    int64_t pruned = (n_tables || row) ? half_counts(bits, mask, rows * cols, hist) : -1;
+    for (int64_t r = 0; r < rows && pruned >= 0; r++) {
         const uint16_t *x = bits + r * cols;
         const uint8_t *m = mask ? mask + r * cols : NULL;
+        if (!n_tables) {
+            half_magnitudes(x, cols, bf16, row);
+            f32_row_sums(row, m, 1, cols, out + 4 * r);
+        }
         for (int64_t e = 0; e < n_tables; e++) {
             const float *t = tables + e * HALF_BINS;
             double total = 0; /* a table lookup per entry is not vectorised: a float64 sum costs nothing more */
@@ -96,6 +138,7 @@ static int64_t half_row_sums(const uint16_t *bits, const uint8_t *mask, int64_t 
             out[r * n_tables + e] = total;
         }
     }
+    free(row);
     return pruned;
 }
 
@@ -196,13 +239,13 @@ static PyObject *py_half_counts(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(pruned);
 }
 
-static PyObject *py_f32_row_sums(PyObject *self, PyObject *args) {
+static PyObject *py_f32_many_row_sums(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long w, mask, out;
-    long long rows, cols;
-    if (!PyArg_ParseTuple(args, "KKLLK", &w, &mask, &rows, &cols, &out)) return NULL;
+    unsigned long long table, out;
+    long long n, r0, r1;
+    if (!PyArg_ParseTuple(args, "KLLLK", &table, &n, &r0, &r1, &out)) return NULL;
     Py_BEGIN_ALLOW_THREADS;
-    f32_row_sums((const float *)w, (const uint8_t *)mask, rows, cols, (double *)out);
+    f32_many_row_sums((const int64_t *)table, n, r0, r1, (double *)out);
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
 }
@@ -211,10 +254,11 @@ static PyObject *py_half_row_sums(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long bits, mask, tables, out, hist;
     long long rows, cols, n_tables, pruned;
-    if (!PyArg_ParseTuple(args, "KKLLKLKK", &bits, &mask, &rows, &cols, &tables, &n_tables, &out, &hist))
+    int bf16;
+    if (!PyArg_ParseTuple(args, "KKLLpKLKK", &bits, &mask, &rows, &cols, &bf16, &tables, &n_tables, &out, &hist))
         return NULL;
     Py_BEGIN_ALLOW_THREADS;
-    pruned = half_row_sums((const uint16_t *)bits, (const uint8_t *)mask, rows, cols, (const float *)tables,
+    pruned = half_row_sums((const uint16_t *)bits, (const uint8_t *)mask, rows, cols, bf16, (const float *)tables,
                            n_tables, (double *)out, (int64_t *)hist);
     Py_END_ALLOW_THREADS;
     if (pruned < 0) return PyErr_NoMemory();
@@ -262,9 +306,9 @@ static PyObject *py_gini_sums(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"half_counts", py_half_counts, METH_VARARGS, "half_counts(bits, mask, n, out) -> pruned"},
-    {"f32_row_sums", py_f32_row_sums, METH_VARARGS, "f32_row_sums(w, mask, rows, cols, out)"},
+    {"f32_many_row_sums", py_f32_many_row_sums, METH_VARARGS, "f32_many_row_sums(table, n, r0, r1, out)"},
     {"half_row_sums", py_half_row_sums, METH_VARARGS,
-     "half_row_sums(bits, mask, rows, cols, tables, n_tables, out, hist) -> pruned"},
+     "half_row_sums(bits, mask, rows, cols, bf16, tables, n_tables, out, hist) -> pruned"},
     {"f32_magnitude_digits", py_f32_magnitude_digits, METH_VARARGS,
      "f32_magnitude_digits(bits, mask, n, level, prefix, out)"},
     {"f32_keep_from", py_f32_keep_from, METH_VARARGS, "f32_keep_from(bits, mask, n, bound, keep)"},

@@ -114,11 +114,17 @@ def _check_exponents(exponents: Iterable[float]) -> list[float]:
     return exps
 
 
-def on_threads(work: Callable[[int, int], None], n_rows: int, numel: int) -> None:
-    """``work(r0, r1)`` over row ranges covering ``n_rows`` rows: split over PyTorch's thread count when the matrix
-    has at least ``_SPLIT_MIN`` entries (for work that releases the GIL, as the compiled kernels do)."""
-    parts = min(torch.get_num_threads(), n_rows) if numel >= _SPLIT_MIN else 1
-    bounds = [n_rows * i // max(parts, 1) for i in range(max(parts, 1) + 1)]
+def on_threads(work: Callable[[int, int], None], n_rows: int, numel: int, row_ends: Tensor | None = None) -> None:
+    """``work(r0, r1)`` over row ranges covering ``n_rows`` rows: split over PyTorch's thread count when the rows
+    hold at least ``_SPLIT_MIN`` entries (for work that releases the GIL, as the compiled kernels do); with
+    ``row_ends`` (the cumulative entry count at the end of each row) into ranges of about equal entries, else of
+    equal rows."""
+    parts = max(1, min(torch.get_num_threads(), n_rows) if numel >= _SPLIT_MIN else 1)
+    if row_ends is None:
+        bounds = [n_rows * i // parts for i in range(parts + 1)]
+    else:
+        targets = torch.tensor([numel * i // parts for i in range(1, parts)], dtype=row_ends.dtype)
+        bounds = [0, *(torch.searchsorted(row_ends, targets) + 1).tolist(), n_rows]
     threads = [threading.Thread(target=work, args=(a, b)) for a, b in itertools.pairwise(bounds[1:])]
     for t in threads:
         t.start()
@@ -127,45 +133,52 @@ def on_threads(work: Callable[[int, int], None], n_rows: int, numel: int) -> Non
         t.join()
 
 
-def _kernel_row_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float]) -> dict[float, Tensor] | None:
-    """The float32 kernel's per-row sums for ``exps``, or None where it does not apply (no kernel, another device,
-    dtype or exponent, a non-contiguous matrix)."""
-    if (
-        kernels is None
-        or rows.device.type != "cpu"
-        or rows.dtype != torch.float32
-        or not set(exps) <= KERNEL_EXPONENTS
-        or not rows.is_contiguous()
-        or (mrows is not None and (mrows.dtype != torch.bool or not mrows.is_contiguous()))
-    ):
+def _kernel_sums(matrices: Sequence[tuple[Tensor, Tensor | None]], exps: Sequence[float]) -> Tensor | None:
+    """Per-row survivor counts and sums of √|w|, |w| and w² (float64 [rows, 4]) of all ``matrices`` (matrix, mask)
+    with their rows laid end to end, by one call of the float32 kernel per thread; None where it does not apply
+    (no kernel, an exponent other than 0.5, 1 and 2, a matrix that is not a contiguous float32 CPU one)."""
+    if kernels is None or not set(exps) <= KERNEL_EXPONENTS:
         return None
-    n_rows, n_cols = rows.shape
-    out = torch.empty((n_rows, 3), dtype=torch.float64)
-    kernel = kernels
+    for rows, mrows in matrices:
+        if rows.dtype != torch.float32 or not kernel_applies(rows, mrows):
+            return None
+    table = torch.tensor(
+        [[w.data_ptr(), 0 if m is None else m.data_ptr(), w.shape[0], w.shape[1]] for w, m in matrices],
+        dtype=torch.int64,
+    ).reshape(-1, 4)
+    n_rows, numel = int(table[:, 2].sum()), sum(w.numel() for w, _ in matrices)
+    out = torch.empty((n_rows, 4), dtype=torch.float64)
+    kernel, n = kernels, len(matrices)
+    row_ends = None
+    if numel >= _SPLIT_MIN and torch.get_num_threads() > 1:
+        row_ends = torch.repeat_interleave(table[:, 3], table[:, 2]).cumsum(0)
 
     def work(r0: int, r1: int) -> None:
-        mask = 0 if mrows is None else mrows.data_ptr() + r0 * n_cols
-        kernel.f32_row_sums(rows.data_ptr() + 4 * r0 * n_cols, mask, r1 - r0, n_cols, out.data_ptr() + 24 * r0)
+        kernel.f32_many_row_sums(table.data_ptr(), n, r0, r1, out.data_ptr())
 
-    on_threads(work, n_rows, rows.numel())
-    column = {0.5: 0, 1.0: 1, 2.0: 2}
-    return {s: out[:, column[s]] for s in exps}
+    on_threads(work, n_rows, numel, row_ends)
+    return out
+
+
+KERNEL_COLUMNS = {0.5: 1, 1.0: 2, 2.0: 3}
+"""Column of each exponent's sums in the kernels' [rows, 4] output (column 0: survivor counts)."""
+
+
+def _from_kernel(out: Tensor, exps: Sequence[float]) -> RowStats:
+    return RowStats(out[:, 0], {s: out[:, KERNEL_COLUMNS[s]] for s in exps})
 
 
 def _row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], name: str) -> RowStats:
     """:func:`power_sums_of` for one matrix (any dtype, device and exponents)."""
+    if (fast := _kernel_sums([(rows, mrows)], exps)) is not None:
+        return _checked(_from_kernel(fast, exps), name)
     n_rows, n_cols = rows.shape
-    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    if mrows is None:
-        count = torch.full((n_rows,), float(n_cols), dtype=torch.float64, device=rows.device)
-    else:
-        count = mrows.sum(dim=1, dtype=torch.float64)
-    if n_rows == 0 or n_cols == 0:
-        return RowStats(count, {s: torch.zeros(n_rows, dtype=torch.float64, device=rows.device) for s in exps})
-    if (fast := _kernel_row_sums(rows, mrows, exps)) is not None:
-        return _checked(RowStats(count, fast), name)
     if rows.dtype in HALF_DTYPES and (both := kernel_half_rows(rows, mrows, rows.dtype, exps, name)) is not None:
         return both[1]
+    count = _row_counts(rows, mrows)
+    if n_rows == 0 or n_cols == 0:
+        return RowStats(count, {s: torch.zeros(n_rows, dtype=torch.float64, device=rows.device) for s in exps})
+    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
     # Blocks of whole rows, or column slices of one row when a row is longer than a chunk. Scratch buffers are
     # reused for every block: allocating (and first touching) fresh memory per block costs more than the maths.
     row_step = max(1, _CHUNK // n_cols)
@@ -192,6 +205,13 @@ def _row_power_sums(rows: Tensor, mrows: Tensor | None, exps: Sequence[float], n
     return _checked(RowStats(count, {s: partial[s].sum(dim=0, dtype=torch.float64) for s in exps}), name)
 
 
+def _row_counts(rows: Tensor, mrows: Tensor | None) -> Tensor:
+    """float64 survivors per row."""
+    if mrows is None:
+        return torch.full((rows.shape[0],), float(rows.shape[1]), dtype=torch.float64, device=rows.device)
+    return mrows.sum(dim=1, dtype=torch.float64)
+
+
 def _checked(stats: RowStats, name: str) -> RowStats:
     """``stats`` after checking that no sum is NaN or infinite (a NaN or infinite survivor makes its row's sums so)."""
     if not all(bool(torch.isfinite(v).all()) for v in stats.sums.values()):
@@ -201,7 +221,7 @@ def _checked(stats: RowStats, name: str) -> RowStats:
 
 def power_sums_of(
     weights: Mapping[str, Tensor], exponents: Iterable[float], masks: Mapping[str, Tensor | None] | None = None
-) -> dict[str, RowStats]:
+) -> Mapping[str, RowStats]:
     """Per-row ``Σ|w_i|^s`` over survivors of every tensor in ``weights`` (name → tensor, taken as given), in one
     read of the weights.
 
@@ -213,11 +233,16 @@ def power_sums_of(
     """
     exps = _check_exponents(exponents)
     masks = masks or {}
-    out = {}
-    for n, w in weights.items():
-        m = masks.get(n)
-        out[n] = _row_power_sums(as_rows(w), None if m is None else as_rows(m), exps, n)
-    return out
+    matrices = {n: (as_rows(w), None if (m := masks.get(n)) is None else as_rows(m)) for n, w in weights.items()}
+    if len(matrices) > 1 and (fast := _kernel_sums(list(matrices.values()), exps)) is not None:
+        # all tensors in one kernel call, their rows end to end: no per-tensor calls or concatenation afterwards
+        sizes = [rows.shape[0] for rows, _ in matrices.values()]
+        units = UnitStats(list(matrices), sizes, _from_kernel(fast, exps))
+        if not bool(torch.isfinite(fast[:, 1:]).all()):
+            bad = next(n for n in units if not all(bool(torch.isfinite(v).all()) for v in units[n].sums.values()))
+            _checked(units[bad], bad)
+        return units
+    return {n: _row_power_sums(rows, mrows, exps, n) for n, (rows, mrows) in matrices.items()}
 
 
 def row_power_sums(w: Tensor, exponents: Iterable[float], mask: Tensor | None = None, name: str = "tensor") -> RowStats:
@@ -316,25 +341,28 @@ def _power_tables(dtype: torch.dtype, exps: tuple[float, ...]) -> Tensor:
 def kernel_half_rows(
     rows: Tensor, mrows: Tensor | None, dtype: torch.dtype, exps: Sequence[float], name: str
 ) -> tuple[Tensor, RowStats] | None:
-    """:func:`half_rows` by the compiled kernel (powers looked up per magnitude), or None where it does not apply."""
+    """:func:`half_rows` by the compiled kernel (√|w|, |w| and w² computed, other powers looked up per magnitude), or
+    None where it does not apply."""
     bits = rows.view(torch.int16)
     if not kernel_applies(bits, mrows):
         return None
     assert kernels is not None
     n_rows, n_cols = rows.shape
-    tables = _power_tables(dtype, tuple(exps))
-    out = torch.empty((n_rows, len(exps)), dtype=torch.float64)
+    computed = set(exps) <= KERNEL_EXPONENTS  # by f32_row_sums; other powers looked up in tables
+    tables = None if computed else _power_tables(dtype, tuple(exps))
+    out = torch.empty((n_rows, 4 if computed else len(exps)), dtype=torch.float64)
     counts = torch.zeros(HALF_BINS, dtype=torch.int64)
-    address = 0 if mrows is None else mrows.data_ptr()
     pruned = kernels.half_row_sums(
-        bits.data_ptr(), address, n_rows, n_cols, tables.data_ptr(), len(exps), out.data_ptr(), counts.data_ptr()
+        bits.data_ptr(),
+        0 if mrows is None else mrows.data_ptr(),
+        n_rows,
+        n_cols,
+        dtype == torch.bfloat16,
+        0 if tables is None else tables.data_ptr(),
+        0 if tables is None else len(exps),
+        out.data_ptr(),
+        counts.data_ptr(),
     )
     counts[0] -= pruned
-    count = (
-        torch.full((n_rows,), float(n_cols), dtype=torch.float64)
-        if mrows is None
-        else mrows.sum(dim=1, dtype=torch.float64)
-    )
-    return checked_counts(counts, dtype, name), _checked(
-        RowStats(count, {s: out[:, i] for i, s in enumerate(exps)}), name
-    )
+    stats = _from_kernel(out, exps) if computed else RowStats(_row_counts(rows, mrows), dict(zip(exps, out.unbind(1))))
+    return checked_counts(counts, dtype, name), _checked(stats, name)
