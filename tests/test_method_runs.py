@@ -39,7 +39,7 @@ def test_lq_bound_rule_prunes_round_after_round_with_measured_input_bounds(tmp_p
     assert densities[0] == 1.0 and densities[1] < 1.0 and densities[2] <= densities[1]
     # The bounds the rule used are recorded per layer for every pruning step; the first layer's is the largest
     # |pixel| of the (normalised) training images, measured independently here.
-    from pqprune.experiment import prepare
+    from pqprune.experiment.prepare import prepare
 
     prep = prepare(RunSettings.from_dict({**doc["settings"], "device": "cpu"}))
     first = next(iter(doc["rounds"][0]["layers"]))

@@ -171,3 +171,23 @@ def test_torch_threads_restores_the_callers_count_also_after_an_error() -> None:
     with pytest.raises(ValueError, match="thread count must be >= 1, got 0"), torch_threads(0):
         pass
     assert torch.get_num_threads() == before
+
+
+def test_commands_that_open_no_database_do_not_load_it() -> None:
+    # The packages' names are imported on first use: loading the CLI (what `pqprune analyze` does before it runs)
+    # imports neither SQLAlchemy nor the training loop; the names still resolve, and unknown ones fail as usual.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pqprune.cli, pqprune.experiment as e, pqprune.store as s; "
+        "print(sorted(m for m in ('sqlalchemy', 'pqprune.experiment.loop') if m in sys.modules)); "
+        "print(e.RunSettings.__module__, s.Store.__module__, s.STATUSES[0]); "
+        "print('sqlalchemy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["[]", "pqprune.experiment.settings pqprune.store.database running", "True"]
+    import pqprune.store
+
+    with pytest.raises(AttributeError, match="has no attribute 'Stor'"):
+        pqprune.store.Stor  # noqa: B018

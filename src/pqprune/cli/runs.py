@@ -10,7 +10,7 @@ from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
 from pqprune.cli.progress import run_display
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
-from pqprune.store import STATUSES, describe
+from pqprune.store import STATUSES
 
 
 @app.command("run")
@@ -38,6 +38,7 @@ def run_command(
     from pqprune.experiment.settings import RunSettings
     from pqprune.experiment.signals import sigterm_as_interrupt
     from pqprune.files import to_json
+    from pqprune.store import describe
 
     # Under torchrun every process runs this command; only rank 0 shows progress and prints the result.
     main_rank = launch_rank() == 0
@@ -206,7 +207,7 @@ def _ray_options(executor: str, workers: int | None, address: str | None, cpus: 
 
 def _runs_rows(db: str, status: str | None, where: dict) -> list[dict]:
     from pqprune.experiment.settings import method_label
-    from pqprune.store import Store, exists
+    from pqprune.store import Store, describe, exists
 
     if not exists(db):
         fail(f"no results database at {describe(db)} (run `pqprune run` first, or pass --db)")
@@ -275,6 +276,7 @@ def runs_command(
     marked running but no live process claims it (it was killed); rerunning its command resumes it."""
     from pqprune.files import to_json
     from pqprune.report.runs import ReportError, canonical_where
+    from pqprune.store import describe
 
     if status is not None and status not in SHOWN_STATUSES:
         fail(f"--status must be one of {', '.join(SHOWN_STATUSES)}, got {status!r}")
@@ -353,7 +355,7 @@ def demo_command(
     from pqprune.experiment.sweep import demo_settings, run_sweep
     from pqprune.files import to_json
     from pqprune.report.summary import summarize
-    from pqprune.store import Store
+    from pqprune.store import Store, describe
 
     start = time.perf_counter()
     runs = demo_settings(rounds=rounds, epochs=epochs, data=data)

@@ -23,7 +23,8 @@ from pqprune.store import engine as engine_mod
 from pqprune.store import schema as tables
 from pqprune.store.claims import LEASE_SECONDS, Lease, is_live, now_iso, upsert
 from pqprune.store.engine import BUSY_TIMEOUT_MS, RETRY_SECONDS, StoreError, Target
-from pqprune.store.schema import MIGRATIONS, ROUND_COLUMNS, SCHEMA_VERSION, STATUSES, UNIT_COLUMNS
+from pqprune.store.schema import MIGRATIONS, ROUND_COLUMNS, SCHEMA_VERSION, UNIT_COLUMNS
+from pqprune.store.status import STATUSES
 
 R = TypeVar("R")
 DEFAULT_DB = Path("runs") / "pqprune.db"

@@ -43,9 +43,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from pqprune.files import json_safe, to_json
+from pqprune.store.status import STATUSES
 
 SCHEMA_VERSION = 3
-STATUSES = ("running", "finished", "failed", "interrupted")
 
 ROUND_COLUMNS: tuple[str, ...] = (
     "density",
