@@ -99,7 +99,7 @@ class _Layer:
     gini: float
     half: Tensor | None = None  # its half_histogram (float16/bfloat16)
     keys: tuple[Tensor, Tensor] | None = None  # its key_histogram (float32/64), dropped once pooled
-    neuron_pqi: Tensor | None = None
+    neuron_pqi: dict[str, float | None] | None = None  # min / median / max over its rows
     kept: int = 0
 
 
@@ -129,8 +129,9 @@ def _read_layer(name: str, w: Tensor, m: Tensor | None, p: float, q: float, scop
         layer.keys = key_histogram(w, m, name)
     if scope == "neuron":
         assert rows is not None
-        layer.neuron_pqi = pq_from_sums(rows.count, rows.sums[p], rows.sums[q], p, q)
-        layer.kept = alive - int(sap_prune_count(layer.neuron_pqi, rows.count, p, q).sum())
+        neuron_pqi = pq_from_sums(rows.count, rows.sums[p], rows.sums[q], p, q)
+        layer.kept = alive - int(sap_prune_count(neuron_pqi, rows.count, p, q).sum())
+        layer.neuron_pqi = _neuron_summary(neuron_pqi)
     elif scope == "layer":
         layer.kept = alive - sap_prune_count(_pqi(alive, layer.sum_p, layer.sum_q, p, q), alive, p, q)
     return layer
@@ -289,7 +290,7 @@ def analyze_source(
         pool = _Pool(p, q, layer.numel, layer.alive, layer.kept, layer.sum_p, layer.sum_q)
         row = _row(layer.name, pool, layer.gini, {"shape": layer.shape})
         if layer.neuron_pqi is not None:
-            row["neuron_pqi"] = _neuron_summary(layer.neuron_pqi)
+            row["neuron_pqi"] = layer.neuron_pqi
         report["layers"].append(row)
     if group_by is not None:
         report["groups"] = _group_rows(groups, held)
