@@ -191,3 +191,18 @@ def test_commands_that_open_no_database_do_not_load_it() -> None:
 
     with pytest.raises(AttributeError, match="has no attribute 'Stor'"):
         pqprune.store.Stor  # noqa: B018
+
+
+def test_every_table_shows_a_missing_value_the_same_way() -> None:
+    from rich.console import Console
+
+    from pqprune.cli.tables import _fmt, _g, _rounds_table
+    from pqprune.files import MISSING
+
+    assert _fmt(None) == _fmt(math.nan) == _g(None) == MISSING and _fmt(0.5, 2) == "0.50"
+    keys = ("density", "val_accuracy", "test_accuracy", "pruned_test_accuracy", "pqi", "gini")
+    round0 = {"round": 0, **dict.fromkeys(keys, 0.9), "pruned_test_accuracy": None}
+    console = Console(width=200, record=True)
+    console.print(_rounds_table("sap-0", [round0]))
+    line = next(row for row in console.export_text().splitlines() if "0.9000" in row)
+    assert line.count(MISSING) == 1 and "nan" not in line

@@ -42,6 +42,11 @@ class MissingFileError(FileFormatError, FileNotFoundError):
         return str(self.args[0])
 
 
+MISSING = "–"
+"""How every printed table shows a value that does not exist (None or NaN: the pruned accuracy of round 0, the PQI
+of a degenerate unit)."""
+
+
 def finite_or_none(x: Any) -> Any:
     """A number as JSON and SQL can hold it: a NaN or infinite float (or 0-d tensor / NumPy scalar) becomes None
     (an undefined statistic, e.g. the PQ Index of a unit with no survivors); anything else is returned as is,

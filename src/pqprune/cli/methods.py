@@ -9,7 +9,7 @@ from rich.console import Console
 
 from pqprune.cli.app import app
 from pqprune.cli.tables import _text_table
-from pqprune.files import to_json
+from pqprune.files import MISSING, to_json
 
 
 @app.command("methods")
@@ -51,7 +51,7 @@ def methods_command(as_json: bool = typer.Option(False, "--json", help="Print JS
             [
                 f"--{o['name'].replace('_', '-')}",
                 o["type"],
-                "-" if o["default"] is None else str(o["default"]),
+                MISSING if o["default"] is None else str(o["default"]),
                 o["help"],
             ]
             for o in row["options"]

@@ -10,6 +10,7 @@ from pqprune.cli.options import _DICT_SETTINGS, _base_settings, _with_settings
 from pqprune.cli.progress import run_display
 from pqprune.cli.tables import _fmt, _rounds_table, _text_table
 from pqprune.cli.theory import theory_app
+from pqprune.files import MISSING
 from pqprune.store import STATUSES
 
 
@@ -183,7 +184,7 @@ def _print_sweep_summary(items: list) -> None:
     varying = _varying_settings(settings, labels)
     headers = ("run", "method", *varying, "status", "message")
     cells = [
-        [i.run_id, label, *(str(s.get(k, "–")) for k in varying), i.status, i.message or ""]
+        [i.run_id, label, *(str(s.get(k, MISSING)) for k in varying), i.status, i.message or ""]
         for i, s, label in zip(items, settings, labels)
     ]
     out = Console()
@@ -329,7 +330,7 @@ def _result_round(row: dict) -> str:
     """The round the density and accuracy columns show: the chosen one of a run stopped at a phase, else the last."""
     if row["chosen_round"] is not None:
         return f"{row['chosen_round']} ({row['stopped_at_phase']})"
-    return str(row["rounds_done"] - 1) if row["rounds_done"] else "–"
+    return str(row["rounds_done"] - 1) if row["rounds_done"] else MISSING
 
 
 DEMO_ROUNDS, DEMO_EPOCHS, DEMO_WORKERS = 30, 20, 2
@@ -407,7 +408,7 @@ def demo_command(
             _fmt(r["final_test_accuracy"]),
             _fmt(r["dense_test_accuracy"]),
             _fmt(r["min_density_within_1pt"]),
-            "–" if r["pqi_peak_round"] is None else str(r["pqi_peak_round"]),
+            MISSING if r["pqi_peak_round"] is None else str(r["pqi_peak_round"]),
             r["phase_at_T"],
         ]
         for r in rows

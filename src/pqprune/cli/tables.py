@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 from rich.console import Console
 
+from pqprune.files import MISSING
+
 
 def _fmt(x: object, digits: int = 4) -> str:
-    if x is None:
-        return "nan"
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return MISSING
     if isinstance(x, float):
         return f"{x:.{digits}f}"
     return str(x)
@@ -78,7 +82,7 @@ def _metrics_table(title: str, columns: dict[str, dict]):
         values = [c.get(key) for c in columns.values()]
         if all(v is None for v in values):
             continue
-        table.add_row(label, *["-" if v is None else fmt.format(v) for v in values])
+        table.add_row(label, *[MISSING if v is None else fmt.format(v) for v in values])
     return table
 
 
@@ -106,4 +110,4 @@ def _print_rows(title: str, headers: list[str], rows: list[list[str]], markdown:
 
 
 def _g(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}g}"
+    return MISSING if x is None else f"{x:.{digits}g}"

@@ -18,6 +18,7 @@ from pqprune.cli.sources import (
     selected_names,
 )
 from pqprune.cli.tables import _g, _print_rows, _text_table
+from pqprune.files import MISSING
 from pqprune.theory.gap_bound import RandomNetSpec, guaranteed_probability, hp_gap_bound, random_matrix_norm_bound
 from pqprune.theory.lq_bounds import lq_layer_bound, lq_network_bound
 from pqprune.theory.moments import magnitude_moment_normal, magnitude_moment_uniform, magnitude_threshold, random_moment
@@ -429,7 +430,7 @@ def theory_teacher_command(
             _g(p.mag_mean_err),
             _g(p.bound),
             _g(p.bound_tail),
-            "–" if p.looseness is None else f"{p.looseness:.0f}×",
+            MISSING if p.looseness is None else f"{p.looseness:.0f}×",
         ]
         for s in studies
         for p in s.points

@@ -11,7 +11,7 @@ import numpy as np
 
 from pqprune.experiment.phases import ACC_TOL, PHASE_RULE, PQI_TOL, UNKNOWN_PHASE, _phase_walk
 from pqprune.experiment.settings import method_label
-from pqprune.files import finite_or_none
+from pqprune.files import MISSING, finite_or_none
 from pqprune.report.runs import Group, MethodRuns
 
 
@@ -134,12 +134,12 @@ def summary_row(m: MethodRuns, tolerance: float = ACC_TOL) -> dict[str, Any]:
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}"
+    return MISSING if x is None else f"{100 * x:.{digits}f}"
 
 
 def _pct_sig(x: float | None) -> str:
     """A density in percent to 4 significant digits: 35, 40.96, 0.1238 (late rounds need the small ones)."""
-    return "–" if x is None else f"{100 * x:.4g}"
+    return MISSING if x is None else f"{100 * x:.4g}"
 
 
 # Short headers so the table fits a terminal; docs/report.md defines each column.
@@ -172,7 +172,7 @@ def summary_cells(row: Mapping[str, Any]) -> list[str]:
         acc,
         _pct(row["dense_accuracy"]),
         _pct_sig(row["min_density_within_1pt"]),
-        "–" if row["pqi_peak_round"] is None else str(row["pqi_peak_round"]),
+        MISSING if row["pqi_peak_round"] is None else str(row["pqi_peak_round"]),
         row["final_phase"],
         _chosen_cell(row),
     ]
@@ -182,7 +182,7 @@ def _chosen_cell(row: Mapping[str, Any]) -> str:
     """``4 (40.96, 93.10)``; the seeds' rounds as ``3/4/4`` when they differ; '–' when no run stopped at a phase."""
     rounds = row["chosen_rounds"]
     if not rounds:
-        return "–"
+        return MISSING
     which = str(rounds[0]) if len(set(rounds)) == 1 else "/".join(map(str, rounds))
     return f"{which} ({_pct_sig(row['chosen_density'])}, {_pct(row['chosen_accuracy'])})"
 
