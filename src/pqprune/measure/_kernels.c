@@ -17,6 +17,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -179,6 +182,19 @@ CLONES static void f32_keep_from(const uint32_t *bits, const uint8_t *mask, int6
         for (int64_t i = 0; i < n; i++) keep[i] = (bits[i] & 0x7fffffffu) >= bound;
 }
 
+/* A scratch buffer of n bytes for a pass over many weights: in 2 MB pages where the kernel offers them, so that
+ * writing it for the first time does not fault once per 4 KB page (a cost as large as a radix pass). */
+static void *scratch(size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    size_t page = (size_t)1 << 21, size = (n + page - 1) / page * page;
+    void *p = aligned_alloc(page, size ? size : page);
+    if (p) madvise(p, size ? size : page, MADV_HUGEPAGE);
+    return p;
+#else
+    return malloc(n ? n : 1);
+#endif
+}
+
 /* The Gini index's sums for units and for all of them together, from one sort (docs/math.md §3): keys are the
  * bit patterns of n survivors' float32 magnitudes (ordered like the values), unit[i] the unit of key i (< n_units).
  * A stable LSD radix sort (four passes of 8 bits: 256 output streams per pass stay in the cache, where 2048 did
@@ -188,11 +204,12 @@ CLONES static void f32_keep_from(const uint32_t *bits, const uint8_t *mask, int6
  * out[2u] = Σ_i i·x_(i) (ranks from 1) and out[2u + 1] = Σ x. keys and unit are the sort's first buffers (their
  * contents are lost). Returns -1 when out of memory. */
 static int gini_sums(uint32_t *keys, uint16_t *unit, int64_t n, int64_t n_units, double *out) {
-    uint32_t *k2 = malloc(n * sizeof *k2), *ka = keys;
-    uint16_t *u2 = malloc(n * sizeof *u2), *ua = unit;
+    uint32_t *k2 = scratch(n * sizeof *k2), *ka = keys;
+    uint16_t *u2 = scratch(n * sizeof *u2), *ua = unit;
     int64_t *rank = calloc(n_units, sizeof *rank), *count = calloc(4 * 256, sizeof *count);
-    if (!k2 || !u2 || !rank || !count) {
-        free(k2), free(u2), free(rank), free(count);
+    double *sums = calloc(2 * n_units, sizeof *sums);
+    if (!k2 || !u2 || !rank || !count || !sums) {
+        free(k2), free(u2), free(rank), free(count), free(sums);
         return -1;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -215,15 +232,17 @@ static int gini_sums(uint32_t *keys, uint16_t *unit, int64_t n, int64_t n_units,
         uint32_t *tk = ka; ka = k2, k2 = tk;
         uint16_t *tu = ua; ua = u2, u2 = tu;
     }
-    memset(out, 0, 2 * (n_units + 1) * sizeof *out);
+    double ranked = 0, total = 0; /* of all units: in registers, not in out, which the per-unit sums share */
     for (int64_t i = 0; i < n; i++) {
         float x;
         memcpy(&x, &ka[i], sizeof x);
         int64_t u = ua[i];
-        out[2 * u] += (double)(++rank[u]) * x, out[2 * u + 1] += x;
-        out[2 * n_units] += (double)(i + 1) * x, out[2 * n_units + 1] += x;
+        sums[2 * u] += (double)(++rank[u]) * x, sums[2 * u + 1] += x;
+        ranked += (double)(i + 1) * x, total += x;
     }
-    free(keys == ka ? k2 : ka), free(unit == ua ? u2 : ua), free(rank), free(count);
+    memcpy(out, sums, 2 * n_units * sizeof *out);
+    out[2 * n_units] = ranked, out[2 * n_units + 1] = total;
+    free(keys == ka ? k2 : ka), free(unit == ua ? u2 : ua), free(rank), free(count), free(sums);
     return 0;
 }
 
