@@ -70,8 +70,7 @@ CLONES static void f32_row_sums(const float *w, const uint8_t *mask, int64_t row
         const float *x = w + r * cols;
         const uint8_t *m = mask ? mask + r * cols : NULL;
         double t05 = 0, t1 = 0, t2 = 0;
-        int64_t alive = cols;
-        if (m) alive = 0;
+        int64_t alive = m ? 0 : cols;
         for (int64_t j0 = 0; j0 < cols; j0 += RUN) {
             int64_t j1 = cols - j0 > RUN ? j0 + RUN : cols;
             float s05 = 0, s1 = 0, s2 = 0;
@@ -210,7 +209,8 @@ static void *scratch(size_t n) {
  * exponent's high bits often are, is skipped) orders all keys, carrying units along; the sorted order
  * restricted to one unit is that unit's sorted order, so one walk gives, per unit u and (row n_units) for all,
  * out[2u] = Σ_i i·x_(i) (ranks from 1) and out[2u + 1] = Σ x. keys and unit are the sort's first buffers (their
- * contents are lost). Returns -1 when out of memory. */
+ * contents are lost). Returns 0; 1 when a key is Inf or NaN (found by the read that counts digits; out is not
+ * written); -1 when out of memory. */
 static int gini_sums(uint32_t *keys, uint16_t *unit, int64_t n, int64_t n_units, double *out) {
     uint32_t *k2 = scratch(n * sizeof *k2), *ka = keys;
     uint16_t *u2 = scratch(n * sizeof *u2), *ua = unit;
@@ -220,9 +220,15 @@ static int gini_sums(uint32_t *keys, uint16_t *unit, int64_t n, int64_t n_units,
         free(k2), free(u2), free(rank), free(count), free(sums);
         return -1;
     }
+    uint32_t largest = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t k = ka[i];
         count[k & 255]++, count[256 + ((k >> 8) & 255)]++, count[512 + ((k >> 16) & 255)]++, count[768 + (k >> 24)]++;
+        largest = k > largest ? k : largest;
+    }
+    if (largest >= 0x7f800000u) { /* the bit patterns of Inf and NaN: nothing to sort */
+        free(k2), free(u2), free(rank), free(count), free(sums);
+        return 1;
     }
     for (int pass = 0; pass < 4; pass++) {
         int64_t *c = count + 256 * pass, at = 0;
@@ -328,7 +334,7 @@ static PyObject *py_gini_sums(PyObject *self, PyObject *args) {
     status = gini_sums((uint32_t *)keys, (uint16_t *)unit, n, n_units, (double *)out);
     Py_END_ALLOW_THREADS;
     if (status < 0) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return PyBool_FromLong(status == 0);
 }
 
 static PyMethodDef methods[] = {
@@ -339,7 +345,7 @@ static PyMethodDef methods[] = {
     {"f32_magnitude_digits", py_f32_magnitude_digits, METH_VARARGS,
      "f32_magnitude_digits(bits, mask, n, level, prefix, out)"},
     {"f32_keep_from", py_f32_keep_from, METH_VARARGS, "f32_keep_from(bits, mask, n, bound, keep)"},
-    {"gini_sums", py_gini_sums, METH_VARARGS, "gini_sums(keys, unit, n, n_units, out)"},
+    {"gini_sums", py_gini_sums, METH_VARARGS, "gini_sums(keys, unit, n, n_units, out) -> all finite"},
     {NULL, NULL, 0, NULL},
 };
 

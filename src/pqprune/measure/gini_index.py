@@ -170,12 +170,11 @@ def _kernel_layers_and_global(
             part.copy_(v).abs_()
         unit[at : at + v.numel()] = i
         at += v.numel()
-    flat = flat.view(torch.int32)
-    if flat.numel() and int(flat.max()) >= 0x7F800000:  # the bit patterns of Inf and NaN
-        bad = next(n for n, v in kept.items() if v.numel() and not bool(v.isfinite().all()))
-        raise ValueError(f"tensor {bad!r} has NaN or infinite surviving entries")
     out = torch.empty((len(counts) + 1, 2), dtype=torch.float64)
-    sums.kernels.gini_sums(flat.data_ptr(), unit.data_ptr(), flat.numel(), len(counts), out.data_ptr())
+    flat = flat.view(torch.int32)
+    if not sums.kernels.gini_sums(flat.data_ptr(), unit.data_ptr(), flat.numel(), len(counts), out.data_ptr()):
+        bad = next(n for n, v in kept.items() if not bool(v.isfinite().all()))
+        raise ValueError(f"tensor {bad!r} has NaN or infinite surviving entries")
     layers = {
         n: _gini_from_sums(float(out[i, 0]), float(out[i, 1]), c) for i, (n, c) in enumerate(zip(weights, counts))
     }

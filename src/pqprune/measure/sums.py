@@ -234,13 +234,13 @@ def power_sums_of(
     exps = _check_exponents(exponents)
     masks = masks or {}
     matrices = {n: (as_rows(w), None if (m := masks.get(n)) is None else as_rows(m)) for n, w in weights.items()}
-    if len(matrices) > 1 and (fast := _kernel_sums(list(matrices.values()), exps)) is not None:
+    if (fast := _kernel_sums(list(matrices.values()), exps)) is not None:
         # all tensors in one kernel call, their rows end to end: no per-tensor calls or concatenation afterwards
         sizes = [rows.shape[0] for rows, _ in matrices.values()]
         units = UnitStats(list(matrices), sizes, _from_kernel(fast, exps))
         if not bool(torch.isfinite(fast[:, 1:]).all()):
-            bad = next(n for n in units if not all(bool(torch.isfinite(v).all()) for v in units[n].sums.values()))
-            _checked(units[bad], bad)
+            for n in units:  # raises naming the first tensor with a NaN or infinite survivor
+                _checked(units[n], n)
         return units
     return {n: _row_power_sums(rows, mrows, exps, n) for n, (rows, mrows) in matrices.items()}
 

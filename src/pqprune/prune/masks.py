@@ -267,9 +267,9 @@ class MaskSet:
         Measured: multiplying by a bool (or uint8) mask is ~3-7x slower than by a float one. So small tensors get
         a cached float copy; large ones keep only a uint8 view of the bool mask (no memory), which on CPU is
         converted to float a chunk at a time by :func:`_multiply` (on accelerators the mixed-type product is as
-        fast). The detached views let :meth:`enforce` write in place without entering ``torch.no_grad()`` (a
-        context switch per step). This runs around every optimizer step; the cache is rebuilt when a parameter was replaced
-        (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``).
+        fast). The detached views let :meth:`enforce` write in place without entering and leaving
+        ``torch.no_grad()`` every step. This runs around every optimizer step; the cache is rebuilt when a parameter
+        was replaced (``load_state_dict(assign=True)``) or its storage moved or was resized (``model.to(...)``).
         """
         cache = self._cache
         if cache is not None and all(
