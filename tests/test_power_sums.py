@@ -182,3 +182,48 @@ def test_half_kernel_names_a_surviving_inf_and_ignores_a_pruned_one(dtype):
     m[2, 3] = False
     counts, rows = half_rows(w, (0.5, 1.0), m, "layer")
     assert int(counts.sum()) == 31 and float(rows.sums[1.0].sum()) == 31.0
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=6), st.integers(1, 5))
+def test_row_bounds_cut_rows_into_ranges_of_about_equal_entries(shapes, parts):
+    bounds = sums.row_bounds(shapes, parts)
+    n_rows = sum(r for r, _ in shapes)
+    assert len(bounds) == parts + 1 and bounds[0] == 0 and bounds[-1] == n_rows
+    assert bounds == sorted(bounds)
+    row_entries = [c for r, c in shapes for _ in range(r)]
+    numel, widest = sum(row_entries), max(c for _, c in shapes)
+    for i, b in enumerate(bounds[1:-1], start=1):
+        # entries before the cut: the i-th share of the total, give or take one row
+        assert abs(sum(row_entries[:b]) - numel * i // parts) <= widest
+
+
+def test_an_error_in_a_worker_range_is_raised_to_the_caller():
+    seen = []
+
+    def work(r0: int, r1: int) -> None:
+        seen.append((r0, r1))
+        if r0 > 0:
+            raise RuntimeError(f"rows {r0}..{r1}")
+
+    with torch_threads(2), pytest.raises(RuntimeError, match="rows 2..4"):
+        sums.on_threads(work, 4, 1 << 21)
+    assert sorted(seen) == [(0, 2), (2, 4)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX-only")
+def test_kernel_threads_work_in_a_forked_child():
+    # A forked child has none of its parent's threads: a pool inherited as it is would wait forever.
+    import os
+    import signal
+
+    w = {"w": torch.randn(2000, 1000, generator=gen(7))}
+    with torch_threads(2):
+        want = power_sums_of(w, (0.5, 1.0))["w"].sums[1.0]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            signal.alarm(10)  # a hang would kill the child, not the test run
+            ok = torch.equal(power_sums_of(w, (0.5, 1.0))["w"].sums[1.0], want)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

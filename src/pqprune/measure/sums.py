@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import threading
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -114,23 +115,56 @@ def _check_exponents(exponents: Iterable[float]) -> list[float]:
     return exps
 
 
-def on_threads(work: Callable[[int, int], None], n_rows: int, numel: int, row_ends: Tensor | None = None) -> None:
+_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _workers() -> ThreadPoolExecutor:
+    """Threads kept for the kernels' calls: starting a thread per call costs ~0.1 ms, a few percent of a measure."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="pqprune")
+    return _pool
+
+
+def row_bounds(shapes: Sequence[tuple[int, int]], parts: int) -> list[int]:
+    """Row indices cutting the rows of matrices of ``shapes`` (rows, cols), laid end to end, into ``parts`` ranges
+    of about equal entries: ``[0, …, total rows]``."""
+    numel = sum(r * c for r, c in shapes)
+    bounds, first, seen = [0], 0, 0  # first row and first entry of the current matrix
+    targets = iter([numel * i // parts for i in range(1, parts)])
+    target = next(targets, None)
+    for rows, cols in shapes:
+        while target is not None and cols and target < seen + rows * cols:
+            bounds.append(max(bounds[-1], first + -(-(target - seen) // cols)))
+            target = next(targets, None)
+        first, seen = first + rows, seen + rows * cols
+    bounds += [first] * (parts + 1 - len(bounds))
+    return bounds
+
+
+def on_threads(
+    work: Callable[[int, int], None], n_rows: int, numel: int, bounds: Callable[[int], list[int]] | None = None
+) -> None:
     """``work(r0, r1)`` over row ranges covering ``n_rows`` rows: split over PyTorch's thread count when the rows
-    hold at least ``_SPLIT_MIN`` entries (for work that releases the GIL, as the compiled kernels do); with
-    ``row_ends`` (the cumulative entry count at the end of each row) into ranges of about equal entries, else of
-    equal rows."""
+    hold at least ``_SPLIT_MIN`` entries (for work that releases the GIL, as the compiled kernels do), into ranges
+    of equal rows, or at ``bounds(parts)`` when given (e.g. :func:`row_bounds`). The calling thread takes the first
+    range; an exception in any range is raised here."""
     parts = max(1, min(torch.get_num_threads(), n_rows) if numel >= _SPLIT_MIN else 1)
-    if row_ends is None:
-        bounds = [n_rows * i // parts for i in range(parts + 1)]
-    else:
-        targets = torch.tensor([numel * i // parts for i in range(1, parts)], dtype=row_ends.dtype)
-        bounds = [0, *(torch.searchsorted(row_ends, targets) + 1).tolist(), n_rows]
-    threads = [threading.Thread(target=work, args=(a, b)) for a, b in itertools.pairwise(bounds[1:])]
-    for t in threads:
-        t.start()
-    work(bounds[0], bounds[1])
-    for t in threads:
-        t.join()
+    cuts = [n_rows * i // parts for i in range(parts + 1)] if bounds is None else bounds(parts)
+    others = [_workers().submit(work, a, b) for a, b in itertools.pairwise(cuts[1:]) if a < b]
+    try:
+        work(cuts[0], cuts[1])
+    finally:
+        for f in others:
+            f.result()
 
 
 def _kernel_sums(matrices: Sequence[tuple[Tensor, Tensor | None]], exps: Sequence[float]) -> Tensor | None:
@@ -146,17 +180,15 @@ def _kernel_sums(matrices: Sequence[tuple[Tensor, Tensor | None]], exps: Sequenc
         [[w.data_ptr(), 0 if m is None else m.data_ptr(), w.shape[0], w.shape[1]] for w, m in matrices],
         dtype=torch.int64,
     ).reshape(-1, 4)
-    n_rows, numel = int(table[:, 2].sum()), sum(w.numel() for w, _ in matrices)
+    shapes = [(w.shape[0], w.shape[1]) for w, _ in matrices]
+    n_rows, numel = sum(r for r, _ in shapes), sum(r * c for r, c in shapes)
     out = torch.empty((n_rows, 4), dtype=torch.float64)
     kernel, n = kernels, len(matrices)
-    row_ends = None
-    if numel >= _SPLIT_MIN and torch.get_num_threads() > 1:
-        row_ends = torch.repeat_interleave(table[:, 3], table[:, 2]).cumsum(0)
 
     def work(r0: int, r1: int) -> None:
         kernel.f32_many_row_sums(table.data_ptr(), n, r0, r1, out.data_ptr())
 
-    on_threads(work, n_rows, numel, row_ends)
+    on_threads(work, n_rows, numel, lambda parts: row_bounds(shapes, parts))
     return out
 
 
@@ -238,7 +270,8 @@ def power_sums_of(
         # all tensors in one kernel call, their rows end to end: no per-tensor calls or concatenation afterwards
         sizes = [rows.shape[0] for rows, _ in matrices.values()]
         units = UnitStats(list(matrices), sizes, _from_kernel(fast, exps))
-        if not bool(torch.isfinite(fast[:, 1:]).all()):
+        # every column sums non-negative terms (counts, powers): the total is finite exactly when each row's is
+        if not math.isfinite(float(fast.sum())):
             for n in units:  # raises naming the first tensor with a NaN or infinite survivor
                 _checked(units[n], n)
         return units
@@ -280,12 +313,11 @@ def reduce_scope(stats: Mapping[str, RowStats], scope: Scope) -> UnitStats:
     if scope == "global":
         return UnitStats([GLOBAL], [1], units.joined.total())
     # Per-tensor totals of all tensors at once: one segmented sum over the concatenated rows, all statistics
-    # stacked (index_add_ has less fixed cost per call than segment_reduce).
+    # side by side.
     joined = units.joined
-    segment = torch.repeat_interleave(torch.arange(len(units)), torch.tensor(units.sizes)).to(joined.count.device)
-    stacked = torch.stack([joined.count, *joined.sums.values()])
-    totals = torch.zeros((stacked.shape[0], len(units)), dtype=stacked.dtype, device=stacked.device)
-    totals.index_add_(1, segment, stacked)
+    stacked = torch.stack([joined.count, *joined.sums.values()], dim=1)
+    lengths = torch.tensor(units.sizes, device=stacked.device)
+    totals = torch.segment_reduce(stacked, "sum", lengths=lengths, axis=0, unsafe=True).T
     return UnitStats(units.names, [1] * len(units), RowStats(totals[0], dict(zip(joined.sums, totals[1:]))))
 
 

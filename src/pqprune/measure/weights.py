@@ -12,6 +12,7 @@ Every measure is computed over the *surviving* entries of a unit (masks mark sur
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -56,18 +57,15 @@ def prunable_weights(module: nn.Module) -> dict[str, nn.Parameter]:
 EMBEDDING_PATTERNS: tuple[str, ...] = ("*embed*", "*wte.weight", "*wpe.weight")
 """Names of embedding tables in state dicts (``embed_tokens``, ``word_embeddings``, GPT-2's ``wte``/``wpe``): left
 out by default, as :func:`prunable_weights` leaves out ``nn.Embedding`` modules."""
+# One regular expression for all patterns: a state dict's names are checked on every measure call.
+_EMBEDDING = re.compile("|".join(fnmatch.translate(p) for p in EMBEDDING_PATTERNS))
 MEASURED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def prunable_by_default(name: str, ndim: int, dtype: torch.dtype) -> bool:
     """The default rule where module types are unknown (state dicts, checkpoint files): floating ``*weight``
     tensors (float32/64, float16, bfloat16) with ``dim() > 1``, except embedding tables (:data:`EMBEDDING_PATTERNS`)."""
-    return (
-        name.endswith("weight")
-        and ndim > 1
-        and dtype in MEASURED_DTYPES
-        and not any(fnmatch.fnmatchcase(name, pat) for pat in EMBEDDING_PATTERNS)
-    )
+    return name.endswith("weight") and ndim > 1 and dtype in MEASURED_DTYPES and _EMBEDDING.match(name) is None
 
 
 def is_prunable_entry(name: str, tensor: Tensor) -> bool:
