@@ -14,6 +14,7 @@ from torch import nn
 import pqprune
 from pqprune.measure import gini, hoyer, lq_index, pq_index, pq_index_grid, retained_bound, sap_prune_count, sums
 from pqprune.measure.weights import prunable_weights
+from pqprune.threads import torch_threads
 
 PAIRS = [(0.5, 1.0), (1.0, 2.0), (0.5, 2.0), (0.3, 0.7)]
 FAST = settings(max_examples=40, deadline=None)
@@ -625,3 +626,45 @@ def test_gini_kernel_names_a_surviving_nan_and_ignores_a_pruned_one():
     m = torch.ones(3, 4, dtype=torch.bool)
     m[1, 2] = False
     assert gini({"x.weight": w}, "global", {"x.weight": m}) == pytest.approx(0.0, abs=1e-12)
+
+
+def sorted_gini(x: np.ndarray) -> float:
+    """Gini by its sorted form in float64, Σ_i (2i − N − 1)·x_(i) / (N·Σ x), for arrays too large for ref_gini."""
+    a = np.sort(np.abs(np.asarray(x, dtype=np.float64)).ravel())
+    n = a.size
+    return float(((2 * np.arange(1, n + 1) - n - 1) * a).sum() / (n * a.sum()))
+
+
+def test_gini_split_over_threads_equals_the_definition_and_one_thread():
+    # Over 2^20 entries the compiled sort splits its steps over threads: entry ranges that cut a layer, bucket ranges
+    # whose ranks are offset by the ranges before them.
+    from pqprune.measure import gini_layers_and_global
+
+    g = gen(33)
+    sd = {
+        "a.weight": torch.randn(700, 1100, generator=g) * 0.05,
+        "b.weight": (torch.randint(-5, 5, (300, 1000), generator=g) / 4).float(),  # ties within and across layers
+        "c.weight": torch.randn(2000, 3, generator=g).bfloat16(),
+        "d.weight": torch.randn(50, 50, generator=g) * 1e-39,  # subnormal magnitudes
+    }
+    masks = {"a.weight": torch.rand(700, 1100, generator=g) < 0.8, "b.weight": torch.rand(300, 1000, generator=g) < 0.5}
+    with torch_threads(2):
+        layers, total = gini_layers_and_global(sd, masks)
+    with torch_threads(1):
+        assert gini_layers_and_global(sd, masks) == (layers, total)
+    kept = {n: (w[masks[n]] if n in masks else w).double().reshape(-1).numpy() for n, w in sd.items()}
+    assert sorted_gini(kept["c.weight"]) == pytest.approx(ref_gini(kept["c.weight"]), abs=1e-12)
+    for n, v in kept.items():
+        assert layers[n] == pytest.approx(sorted_gini(v), abs=1e-12), n
+    assert total == pytest.approx(sorted_gini(np.concatenate(list(kept.values()))), abs=1e-12)
+
+
+def test_gini_of_more_layers_than_the_compiled_sort_numbers_equals_the_definition():
+    from pqprune.measure import gini_index, gini_layers_and_global
+
+    g = gen(34)
+    sd = {f"l{i}.weight": torch.randn(2, 2, generator=g) for i in range(gini_index._MAX_UNITS + 1)}
+    layers, total = gini_layers_and_global(sd)
+    assert layers["l7.weight"] == pytest.approx(ref_gini(sd["l7.weight"].double().reshape(-1).numpy()), abs=1e-12)
+    everything = torch.cat([w.reshape(-1) for w in sd.values()]).double().numpy()
+    assert total == pytest.approx(sorted_gini(everything), abs=1e-12)

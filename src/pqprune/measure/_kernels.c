@@ -202,62 +202,150 @@ static void *scratch(size_t n) {
 #endif
 }
 
-/* The Gini index's sums for units and for all of them together, from one sort (docs/math.md §3): keys are the
- * bit patterns of n survivors' float32 magnitudes (ordered like the values), unit[i] the unit of key i (< n_units).
- * A stable LSD radix sort (four passes of 8 bits: 256 output streams per pass stay in the cache, where 2048 did
- * not; the digit counts of all passes come from one read, and a pass whose digit is the same for every key, as the
- * exponent's high bits often are, is skipped) orders all keys, carrying units along; the sorted order
- * restricted to one unit is that unit's sorted order, so one walk gives, per unit u and (row n_units) for all,
- * out[2u] = Σ_i i·x_(i) (ranks from 1) and out[2u + 1] = Σ x. keys and unit are the sort's first buffers (their
- * contents are lost). Returns 0; 1 when a key is Inf or NaN (found by the read that counts digits; out is not
- * written); -1 when out of memory. */
-static int gini_sums(uint32_t *keys, uint16_t *unit, int64_t n, int64_t n_units, double *out) {
-    uint32_t *k2 = scratch(n * sizeof *k2), *ka = keys;
-    uint16_t *u2 = scratch(n * sizeof *u2), *ua = unit;
-    int64_t *rank = calloc(n_units, sizeof *rank), *count = calloc(4 * 256, sizeof *count);
-    double *sums = calloc(2 * n_units, sizeof *sums);
-    if (!k2 || !u2 || !rank || !count || !sums) {
-        free(k2), free(u2), free(rank), free(count), free(sums);
+/* The Gini index's sums (docs/math.md §3) need each unit's magnitudes in ascending order, and the whole model's.
+ * One sort serves both: all survivors are sorted together, each carrying its unit, and the sorted order restricted
+ * to one unit is that unit's order. Magnitudes sort like their bit patterns (keys). The sort is a most significant
+ * digit radix sort in three steps, each split over threads by the caller:
+ *   gini_count    counts the keys' top GINI_TOP bits (their bucket) over a range of entries;
+ *   gini_scatter  writes each survivor as one 32-bit word, its key's low GINI_LOW bits above its unit's number,
+ *                 into its bucket's part of one buffer (the exponent and top mantissa bits are the bucket's);
+ *   gini_buckets  sorts each bucket of a range of buckets by the rest of the key (two passes of GINI_DIGIT bits:
+ *                 a bucket fits the cache, where a sort of all keys at once made four passes through memory) and
+ *                 walks it, summing per unit and for all units Σ r·x (r: rank from 1 within the range), Σ x and
+ *                 the count, from which the caller adds up the ranges.
+ * Entries are counted and scattered in four interleaved lanes, each with its own counters: runs of equal buckets,
+ * the common case, then do not wait on one counter. Pruned entries (mask byte 0) go to bucket GINI_BUCKETS, never
+ * sorted. A table describes the tensors: table[4i .. 4i + 3] = address of float32 weights, of the mask (0: none),
+ * entry count, unit number; entry ranges [e0, e1) index the tensors' entries laid end to end. */
+#define GINI_TOP 12
+#define GINI_LOW (31 - GINI_TOP)
+#define GINI_UNIT_BITS (32 - GINI_LOW)
+#define GINI_BUCKETS (1 << GINI_TOP)
+#define GINI_DIGIT 10
+
+/* The part [*lo, *hi) of a tensor of n entries, the first at index first of the concatenation, inside the entry
+ * range [e0, e1); 0 when empty. */
+static int gini_part(int64_t first, int64_t n, int64_t e0, int64_t e1, int64_t *lo, int64_t *hi) {
+    *lo = e0 > first ? e0 - first : 0;
+    *hi = e1 - first < n ? e1 - first : n;
+    return *lo < *hi;
+}
+
+/* Bucket counts of entries [e0, e1), lane by lane, added to hist (int64[4][GINI_BUCKETS + 1]). Returns 1 when a
+ * survivor is Inf or NaN, else 0. */
+CLONES static int gini_count(const int64_t *table, int64_t n_tensors, int64_t e0, int64_t e1, int64_t *hist) {
+    uint32_t bad = 0;
+    for (int64_t t = 0, first = 0, lo, hi; t < n_tensors; first += table[4 * t + 2], t++) {
+        if (!gini_part(first, table[4 * t + 2], e0, e1, &lo, &hi)) continue;
+        const uint32_t *w = (const uint32_t *)(intptr_t)table[4 * t];
+        const uint8_t *m = (const uint8_t *)(intptr_t)table[4 * t + 1];
+        if (m)
+            for (int64_t i = lo; i < hi; i++) {
+                uint32_t k = w[i] & 0x7fffffffu;
+                bad |= (k >= 0x7f800000u) & (m[i] != 0);
+                hist[((i - lo) & 3) * (GINI_BUCKETS + 1) + (m[i] ? k >> GINI_LOW : GINI_BUCKETS)]++;
+            }
+        else
+            for (int64_t i = lo; i < hi; i++) {
+                uint32_t k = w[i] & 0x7fffffffu;
+                bad |= k >= 0x7f800000u;
+                hist[((i - lo) & 3) * (GINI_BUCKETS + 1) + (k >> GINI_LOW)]++;
+            }
+    }
+    return bad != 0;
+}
+
+#define GINI_PUT(lane)                                                                   \
+    {                                                                                    \
+        uint32_t k = w[i + (lane)] & 0x7fffffffu;                                        \
+        int64_t b = (m && !m[i + (lane)]) ? GINI_BUCKETS : k >> GINI_LOW;                \
+        words[next[(lane) * (GINI_BUCKETS + 1) + b]++] = (k << GINI_UNIT_BITS) | unit;   \
+    }
+
+/* Entries [e0, e1) written into words at next[lane][bucket] (int64[4][GINI_BUCKETS + 1], advanced): the same
+ * lanes as gini_count's for the same range. */
+CLONES static void gini_scatter(const int64_t *table, int64_t n_tensors, int64_t e0, int64_t e1, int64_t *next,
+                                uint32_t *words) {
+    for (int64_t t = 0, first = 0, lo, hi; t < n_tensors; first += table[4 * t + 2], t++) {
+        if (!gini_part(first, table[4 * t + 2], e0, e1, &lo, &hi)) continue;
+        const uint32_t *w = (const uint32_t *)(intptr_t)table[4 * t];
+        const uint8_t *m = (const uint8_t *)(intptr_t)table[4 * t + 1];
+        uint32_t unit = (uint32_t)table[4 * t + 3];
+        int64_t i = lo;
+        for (; i + 4 <= hi; i += 4) {
+            GINI_PUT(0) GINI_PUT(1) GINI_PUT(2) GINI_PUT(3)
+        }
+        for (int64_t lane = 0; i + lane < hi; lane++) GINI_PUT(lane)
+    }
+}
+
+/* Least significant digit radix sort of the n words of a (tmp: n words) by their bits from GINI_UNIT_BITS up;
+ * returns the one of a and tmp that holds the result. */
+static uint32_t *gini_sort_bucket(uint32_t *a, uint32_t *tmp, int64_t n) {
+    enum { DIGITS = (GINI_LOW + GINI_DIGIT - 1) / GINI_DIGIT, VALUES = 1 << GINI_DIGIT };
+    int64_t count[DIGITS][VALUES];
+    memset(count, 0, sizeof count);
+    for (int64_t i = 0; i < n; i++)
+        for (int d = 0; d < DIGITS; d++) count[d][(a[i] >> (GINI_UNIT_BITS + GINI_DIGIT * d)) & (VALUES - 1)]++;
+    for (int d = 0; d < DIGITS; d++) {
+        int64_t at = 0, trivial = 0, *c = count[d];
+        for (int v = 0; v < VALUES; v++) {
+            int64_t k = c[v];
+            trivial |= k == n;
+            c[v] = at, at += k;
+        }
+        if (trivial) continue; /* one digit value for all: the pass would not move anything */
+        int shift = GINI_UNIT_BITS + GINI_DIGIT * d;
+        for (int64_t i = 0; i < n; i++) tmp[c[(a[i] >> shift) & (VALUES - 1)]++] = a[i];
+        uint32_t *t = a;
+        a = tmp, tmp = t;
+    }
+    return a;
+}
+
+/* Sorts buckets [b0, b1) of words (bucket b: words[start[b] .. start[b + 1]]) and walks them in order: out[3u ..
+ * 3u + 2] = Σ r·x, Σ x and the count of unit u's magnitudes x in these buckets, r their ranks from 1 within them;
+ * out[3 n_units ..] the same over all units. Returns -1 when out of memory, else 0. */
+static int gini_buckets(uint32_t *words, const int64_t *start, int64_t b0, int64_t b1, int64_t n_units, double *out) {
+    int64_t biggest = 0;
+    for (int64_t b = b0; b < b1; b++) biggest = start[b + 1] - start[b] > biggest ? start[b + 1] - start[b] : biggest;
+    uint32_t *tmp = scratch(biggest * sizeof *tmp);
+    int64_t *rank = calloc(n_units + 1, sizeof *rank);
+    double *sums = calloc(2 * (n_units + 1), sizeof *sums);
+    if (!tmp || !rank || !sums) {
+        free(tmp), free(rank), free(sums);
         return -1;
     }
-    uint32_t largest = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t k = ka[i];
-        count[k & 255]++, count[256 + ((k >> 8) & 255)]++, count[512 + ((k >> 16) & 255)]++, count[768 + (k >> 24)]++;
-        largest = k > largest ? k : largest;
-    }
-    if (largest >= 0x7f800000u) { /* the bit patterns of Inf and NaN: nothing to sort */
-        free(k2), free(u2), free(rank), free(count), free(sums);
-        return 1;
-    }
-    for (int pass = 0; pass < 4; pass++) {
-        int64_t *c = count + 256 * pass, at = 0;
-        int shift = 8 * pass, trivial = 0;
-        for (int d = 0; d < 256; d++) {
-            int64_t m = c[d];
-            trivial |= m == n;
-            c[d] = at, at += m;
-        }
-        if (trivial) continue;
+    const uint32_t unit_mask = (1u << GINI_UNIT_BITS) - 1;
+    double ranked = 0, total = 0; /* of all units: in registers, not in sums, which the units' updates share */
+    int64_t seen = 0;
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t n = start[b + 1] - start[b];
+        const uint32_t *a = n > 1 ? gini_sort_bucket(words + start[b], tmp, n) : words + start[b];
+        uint32_t high = (uint32_t)b << GINI_LOW;
         for (int64_t i = 0; i < n; i++) {
-            int64_t to = c[(ka[i] >> shift) & 255]++;
-            k2[to] = ka[i], u2[to] = ua[i];
+            uint32_t key = high | (a[i] >> GINI_UNIT_BITS), u = a[i] & unit_mask;
+            float x;
+            memcpy(&x, &key, sizeof x);
+            sums[2 * u] += (double)(++rank[u]) * x, sums[2 * u + 1] += x;
+            ranked += (double)(++seen) * x, total += x;
         }
-        uint32_t *tk = ka; ka = k2, k2 = tk;
-        uint16_t *tu = ua; ua = u2, u2 = tu;
     }
-    double ranked = 0, total = 0; /* of all units: in registers, not in out, which the per-unit sums share */
-    for (int64_t i = 0; i < n; i++) {
-        float x;
-        memcpy(&x, &ka[i], sizeof x);
-        int64_t u = ua[i];
-        sums[2 * u] += (double)(++rank[u]) * x, sums[2 * u + 1] += x;
-        ranked += (double)(i + 1) * x, total += x;
-    }
-    memcpy(out, sums, 2 * n_units * sizeof *out);
-    out[2 * n_units] = ranked, out[2 * n_units + 1] = total;
-    free(keys == ka ? k2 : ka), free(unit == ua ? u2 : ua), free(rank), free(count), free(sums);
+    for (int64_t u = 0; u < n_units; u++)
+        out[3 * u] = sums[2 * u], out[3 * u + 1] = sums[2 * u + 1], out[3 * u + 2] = (double)rank[u];
+    out[3 * n_units] = ranked, out[3 * n_units + 1] = total, out[3 * n_units + 2] = (double)seen;
+    free(tmp), free(rank), free(sums);
     return 0;
+}
+
+/* Asks for 2 MB pages for the 2 MB-aligned part of a buffer not yet written (see scratch). */
+static void huge_pages(uintptr_t address, size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    uintptr_t page = (uintptr_t)1 << 21, lo = (address + page - 1) / page * page, hi = (address + n) / page * page;
+    if (lo < hi) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)address, (void)n;
+#endif
 }
 
 static PyObject *py_half_counts(PyObject *self, PyObject *args) {
@@ -324,17 +412,48 @@ static PyObject *py_f32_keep_from(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_gini_sums(PyObject *self, PyObject *args) {
+static PyObject *py_gini_count(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long keys, unit, out;
-    long long n, n_units;
-    int status;
-    if (!PyArg_ParseTuple(args, "KKLLK", &keys, &unit, &n, &n_units, &out)) return NULL;
+    unsigned long long table, hist;
+    long long n_tensors, e0, e1;
+    int bad;
+    if (!PyArg_ParseTuple(args, "KLLLK", &table, &n_tensors, &e0, &e1, &hist)) return NULL;
     Py_BEGIN_ALLOW_THREADS;
-    status = gini_sums((uint32_t *)keys, (uint16_t *)unit, n, n_units, (double *)out);
+    bad = gini_count((const int64_t *)table, n_tensors, e0, e1, (int64_t *)hist);
+    Py_END_ALLOW_THREADS;
+    return PyBool_FromLong(!bad);
+}
+
+static PyObject *py_gini_scatter(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long table, next, words;
+    long long n_tensors, e0, e1;
+    if (!PyArg_ParseTuple(args, "KLLLKK", &table, &n_tensors, &e0, &e1, &next, &words)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    gini_scatter((const int64_t *)table, n_tensors, e0, e1, (int64_t *)next, (uint32_t *)words);
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gini_buckets(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long words, start, out;
+    long long b0, b1, n_units;
+    int status;
+    if (!PyArg_ParseTuple(args, "KKLLLK", &words, &start, &b0, &b1, &n_units, &out)) return NULL;
+    Py_BEGIN_ALLOW_THREADS;
+    status = gini_buckets((uint32_t *)words, (const int64_t *)start, b0, b1, n_units, (double *)out);
     Py_END_ALLOW_THREADS;
     if (status < 0) return PyErr_NoMemory();
-    return PyBool_FromLong(status == 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_huge_pages(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long address, n;
+    if (!PyArg_ParseTuple(args, "KK", &address, &n)) return NULL;
+    huge_pages((uintptr_t)address, (size_t)n);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
@@ -345,7 +464,10 @@ static PyMethodDef methods[] = {
     {"f32_magnitude_digits", py_f32_magnitude_digits, METH_VARARGS,
      "f32_magnitude_digits(bits, mask, n, level, prefix, out)"},
     {"f32_keep_from", py_f32_keep_from, METH_VARARGS, "f32_keep_from(bits, mask, n, bound, keep)"},
-    {"gini_sums", py_gini_sums, METH_VARARGS, "gini_sums(keys, unit, n, n_units, out) -> all finite"},
+    {"gini_count", py_gini_count, METH_VARARGS, "gini_count(table, n_tensors, e0, e1, hist) -> all finite"},
+    {"gini_scatter", py_gini_scatter, METH_VARARGS, "gini_scatter(table, n_tensors, e0, e1, next, words)"},
+    {"gini_buckets", py_gini_buckets, METH_VARARGS, "gini_buckets(words, start, b0, b1, n_units, out)"},
+    {"huge_pages", py_huge_pages, METH_VARARGS, "huge_pages(address, n)"},
     {NULL, NULL, 0, NULL},
 };
 

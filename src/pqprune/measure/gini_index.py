@@ -2,12 +2,13 @@
 
 ``G = Σ_i (2i − N − 1)·x_(i) / (N·Σ_i x_(i))`` over the N survivors sorted ascending [Hurley & Rickard 2009]: it
 needs each unit sorted, unlike the power-sum measures. The layer and global values come from one sort: on CPU,
-for float16/32 weights, one radix sort of all survivors' magnitudes by the compiled kernel, carrying each one's
-layer along (the global order restricted to a layer is that layer's order); elsewhere one sort of each layer, the
-global order being the merge of the layers' sorted runs (:func:`gini_layers_and_global`).
+for float16/32 weights, one radix sort of all survivors' magnitudes by the compiled kernel, each carrying its
+layer (the global order restricted to a layer is that layer's order), its steps split over PyTorch's threads;
+elsewhere one sort of each layer, the global order being the merge of the layers' sorted runs
+(:func:`gini_layers_and_global`).
 
-Pruned entries are set to 0 and sorted with the rest: they come first, so the survivors hold the last N ranks,
-and zero survivors add nothing wherever they sit.
+The compiled sort leaves pruned entries out. The other sorts set them to 0 and sort them with the rest: they come
+first, so the survivors hold the last N ranks, and zero survivors add nothing wherever they sit.
 """
 
 from __future__ import annotations
@@ -140,45 +141,102 @@ def _gini_from_sums(weighted: float, total: float, count: float) -> float:
     return (2.0 * weighted - (count + 1.0) * total) / (count * total)
 
 
+# The compiled sort's limits (_kernels.c): 2^12 buckets of the keys' top bits, unit numbers in 13 bits.
+_BUCKETS = 1 << 12
+_MAX_UNITS = 1 << 13
+_LANES = 4  # gini_count and gini_scatter count and write entries in four interleaved lanes
+
+
+def _bucket_counts(table: Tensor, numel: int) -> tuple[list[int], Tensor, bool]:
+    """The entry ranges the threads took (cuts ``[0, …, numel]``), each (range, lane)'s bucket counts
+    (int64 [ranges × lanes, buckets + 1]; the last bucket: pruned entries) and whether all survivors are finite."""
+    assert sums.kernels is not None
+    kernel, hists, finite = sums.kernels, {}, {}
+
+    def count(e0: int, e1: int) -> None:
+        hists[e0] = torch.zeros((_LANES, _BUCKETS + 1), dtype=torch.int64)
+        finite[e0] = kernel.gini_count(table.data_ptr(), table.shape[0], e0, e1, hists[e0].data_ptr())
+
+    sums.on_threads(count, numel, numel)
+    starts = sorted(hists)
+    return [*starts, numel], torch.cat([hists[e0] for e0 in starts]), all(finite.values())
+
+
+def _scattered(table: Tensor, numel: int, cuts: list[int], counts: Tensor) -> tuple[Tensor, Tensor]:
+    """One word per entry (its key's low bits above its unit), bucket after bucket, and the buckets' starts (int64
+    [buckets + 2]); each thread's range of entries as :func:`_bucket_counts` cut it."""
+    assert sums.kernels is not None
+    kernel = sums.kernels
+    start = torch.zeros(_BUCKETS + 2, dtype=torch.int64)
+    torch.cumsum(counts.sum(0), 0, out=start[1:])
+    # each (range, lane) writes its part of a bucket after the parts of the (range, lane)s before it
+    nexts = (start[:-1] + counts.cumsum(0) - counts).reshape(len(cuts) - 1, -1)
+    words = torch.empty(numel, dtype=torch.int32)
+    kernel.huge_pages(words.data_ptr(), 4 * numel)  # written once, at random: 4 KB page faults cost a pass
+
+    def scatter(e0: int, e1: int) -> None:
+        next_ = nexts[cuts.index(e0)]
+        kernel.gini_scatter(table.data_ptr(), table.shape[0], e0, e1, next_.data_ptr(), words.data_ptr())
+
+    sums.on_threads(scatter, numel, numel, lambda parts: cuts)
+    return words, start
+
+
+def _bucket_sums(words: Tensor, start: Tensor, n_units: int) -> Tensor:
+    """Per unit, and (last row) for all units: ``Σ_i i·x_(i)`` (ranks from 1), ``Σ x`` and the count (float64
+    [units + 1, 3]), from the buckets sorted and walked in ranges split over threads."""
+    assert sums.kernels is not None
+    kernel, parts, survivors = sums.kernels, {}, int(start[_BUCKETS])
+
+    def walk(b0: int, b1: int) -> None:
+        parts[b0] = torch.empty((n_units + 1, 3), dtype=torch.float64)
+        kernel.gini_buckets(words.data_ptr(), start.data_ptr(), b0, b1, n_units, parts[b0].data_ptr())
+
+    def bucket_cuts(n_parts: int) -> list[int]:
+        targets = torch.tensor([survivors * i // n_parts for i in range(1, n_parts)], dtype=torch.int64)
+        return [0, *torch.searchsorted(start[1 : _BUCKETS + 1], targets).add(1).tolist(), _BUCKETS]
+
+    sums.on_threads(walk, _BUCKETS, survivors, bucket_cuts)
+    out = torch.zeros((n_units + 1, 3), dtype=torch.float64)
+    for b0 in sorted(parts):  # ranks r within a range are r + (count before it): Σ (r + c)·x = Σ r·x + c·Σ x
+        out[:, 0] += parts[b0][:, 0] + out[:, 2] * parts[b0][:, 1]
+        out[:, 1:] += parts[b0][:, 1:]
+    return out
+
+
 def _kernel_layers_and_global(
     weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]
 ) -> tuple[dict[str, float], float] | None:
     """Layer and global Gini from one radix sort of all survivors' float32 magnitudes by the compiled kernel (the
     global order restricted to a layer is the layer's order), or None where it does not apply (no kernel, not on
-    CPU, float64 weights, more than 65,536 layers)."""
+    CPU, float64 weights, more than 8,192 layers). Three steps, each split over threads (``_kernels.c``): count
+    the survivors' buckets, scatter them into one buffer by bucket, sort and walk each bucket.
+    """
     if (
         sums.kernels is None
         or not weights
-        or len(weights) > 1 << 16
+        or len(weights) > _MAX_UNITS
         or any(w.device.type != "cpu" or w.dtype == torch.float64 for w in weights.values())
+        or any(m is not None and m.device.type != "cpu" for m in masks.values())
     ):
         return None
-    kept = {
-        n: w.detach().reshape(-1) if (m := masks[n]) is None else w.detach().reshape(-1)[m.reshape(-1)]
-        for n, w in weights.items()
-    }
-    counts = [v.numel() for v in kept.values()]
-    # The magnitudes are written straight into one buffer (no per-layer copies, no concatenation).
-    flat = torch.empty(sum(counts), dtype=torch.float32)
-    unit = torch.empty(sum(counts), dtype=torch.int16)
-    at = 0
-    for i, v in enumerate(kept.values()):
-        part = flat[at : at + v.numel()]
-        if v.dtype == torch.float32:
-            torch.abs(v, out=part)
-        else:
-            part.copy_(v).abs_()
-        unit[at : at + v.numel()] = i
-        at += v.numel()
-    out = torch.empty((len(counts) + 1, 2), dtype=torch.float64)
-    flat = flat.view(torch.int32)
-    if not sums.kernels.gini_sums(flat.data_ptr(), unit.data_ptr(), flat.numel(), len(counts), out.data_ptr()):
-        bad = next(n for n, v in kept.items() if not bool(v.isfinite().all()))
-        raise ValueError(f"tensor {bad!r} has NaN or infinite surviving entries")
-    layers = {
-        n: _gini_from_sums(float(out[i, 0]), float(out[i, 1]), c) for i, (n, c) in enumerate(zip(weights, counts))
-    }
-    return layers, _gini_from_sums(float(out[-1, 0]), float(out[-1, 1]), flat.numel())
+    flats = {n: w.detach().reshape(-1).to(torch.float32).contiguous() for n, w in weights.items()}
+    alive = {n: None if m is None else m.reshape(-1).contiguous() for n, m in masks.items()}
+    rows = [
+        [f.data_ptr(), 0 if (m := alive[n]) is None else m.data_ptr(), f.numel(), u]
+        for u, (n, f) in enumerate(flats.items())
+    ]
+    table, numel = torch.tensor(rows, dtype=torch.int64), sum(f.numel() for f in flats.values())
+    cuts, counts, finite = _bucket_counts(table, numel)
+    if not finite:
+        for n, f in flats.items():
+            nonfinite = ~f.isfinite() if (m := alive[n]) is None else ~f.isfinite() & m
+            if bool(nonfinite.any()):
+                raise ValueError(f"tensor {n!r} has NaN or infinite surviving entries")
+    words, start = _scattered(table, numel, cuts, counts)
+    weighted, total, count = _bucket_sums(words, start, len(flats)).T.tolist()
+    layers = {n: _gini_from_sums(weighted[u], total[u], count[u]) for u, n in enumerate(flats)}
+    return layers, _gini_from_sums(weighted[-1], total[-1], count[-1])
 
 
 def gini_layers_and_global(obj: WeightSource, masks: Masks | None = None) -> tuple[dict[str, float], float]:
