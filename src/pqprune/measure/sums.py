@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 KERNEL_EXPONENTS = frozenset({0.5, 1.0, 2.0})
 """Exponents the compiled float32 kernel sums (the PQ Index pairs of the papers, Hoyer's); others use PyTorch."""
-# Below this many entries a tensor is summed on the calling thread: starting a thread costs more than the sum.
+# Below this many entries work stays on the calling thread: handing it to another costs more than it saves.
 _SPLIT_MIN = 1 << 20
 
 # Elements handled at once: a block of 256K float32 (1 MB) stays in the L2 cache across the few element-wise
