@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from postgres_server import PostgresServer, wait_until_down
+from pqprune.files import save_json
 from pqprune.store import SCHEMA_VERSION, Store, StoreError, exists
 from pqprune.store.engine import resolve
 from pqprune.store.schema import ROUND_COLUMNS, STATUSES
@@ -119,6 +120,19 @@ def test_nan_is_stored_as_null(store: Store) -> None:
     store.record_round("r", 0, {"pqi": float("nan"), "layers": {"a": {"pqi": float("nan")}}}, [unit])
     assert store.rounds("r")[0]["pqi"] is None and store.rounds("r")[0]["layers"] == {"a": {"pqi": None}}
     assert store.units("r", 0)[0]["pqi"] is None
+
+
+def test_a_round_read_back_from_its_json_file_is_recorded(store: Store, tmp_path: Path) -> None:
+    # A signal between a round's JSON and its row leaves the row to be written from the file, where NaN is null.
+    store.start_run("r", "h", {})
+    unit = dict(unit="global", d=9, pqi=float("nan"), r=7, c=2, clipped=False)
+    back = json.loads(
+        save_json({"metrics": {"pqi": float("nan"), "density": 1.0}, "units": [unit]}, tmp_path / "r.json").read_text()
+    )
+    assert back["units"][0]["pqi"] is None
+    store.record_round("r", 0, back["metrics"], back["units"])
+    assert store.units("r", 0)[0]["pqi"] is None and store.units("r", 0)[0]["d"] == 9
+    assert store.rounds("r")[0]["pqi"] is None and store.rounds("r")[0]["density"] == 1.0
 
 
 def test_round_and_units_are_one_transaction(store: Store) -> None:

@@ -301,7 +301,8 @@ def _unit_row(run_id: str, t: int, position: int, u: Mapping[str, Any]) -> dict[
         "unit": str(u["unit"]),
         "position": position,
         "d": int(u["d"]),
-        "pqi": finite_or_none(float(u["pqi"])),
+        # None where a round's JSON held a NaN (the rows of an interrupted run are written back from its files)
+        "pqi": None if u["pqi"] is None else finite_or_none(float(u["pqi"])),
         "r": int(u["r"]),
         "c": int(u["c"]),
         "clipped": int(bool(u["clipped"])),
