@@ -668,3 +668,15 @@ def test_gini_of_more_layers_than_the_compiled_sort_numbers_equals_the_definitio
     assert layers["l7.weight"] == pytest.approx(ref_gini(sd["l7.weight"].double().reshape(-1).numpy()), abs=1e-12)
     everything = torch.cat([w.reshape(-1) for w in sd.values()]).double().numpy()
     assert total == pytest.approx(sorted_gini(everything), abs=1e-12)
+
+
+def test_tensors_without_rows_or_columns_measure_as_nan_and_leave_the_rest_alone():
+    g = gen(35)
+    full = {"a.weight": torch.randn(4, 5, generator=g), "c.weight": torch.randn(3, 3, generator=g)}
+    w = {**full, "b.weight": torch.zeros(0, 5), "d.weight": torch.zeros(2, 0, 3)}
+    for measure in (pq_index, gini):
+        layer, neuron = measure(w, scope="layer"), measure(w, scope="neuron")
+        assert math.isnan(layer["b.weight"]) and math.isnan(layer["d.weight"])
+        assert neuron["b.weight"].shape == (0,) and bool(neuron["d.weight"].isnan().all())
+        assert measure(w) == pytest.approx(measure(full), rel=1e-12)
+        assert layer["a.weight"] == pytest.approx(measure(full, scope="layer")["a.weight"], rel=1e-12)

@@ -12,6 +12,7 @@ Every measure is computed over the *surviving* entries of a unit (masks mark sur
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -97,7 +98,8 @@ def named_weights(obj: WeightSource) -> dict[str, Tensor]:
 
 def as_rows(w: Tensor) -> Tensor:
     """View a weight as ``(out_units, fan_in)``: a conv filter is flattened over ``in_channels × kernel``."""
-    return w.reshape(1, -1) if w.dim() <= 1 else w.reshape(w.shape[0], -1)
+    # the fan-in spelled out, not -1: reshape cannot infer it for a tensor without rows
+    return w.reshape(1, -1) if w.dim() <= 1 else w.reshape(w.shape[0], math.prod(w.shape[1:]))
 
 
 def _prefix(source: str | None) -> str:
