@@ -209,8 +209,9 @@ static void *scratch(size_t n) {
  *   gini_count    counts the keys' top GINI_TOP bits (their bucket) over a range of entries;
  *   gini_scatter  writes each survivor as one 32-bit word, its key's low GINI_LOW bits above its unit's number,
  *                 into its bucket's part of one buffer (the exponent and top mantissa bits are the bucket's);
- *   gini_buckets  sorts each bucket of a range of buckets by the rest of the key (two passes of GINI_DIGIT bits:
- *                 a bucket fits the cache, where a sort of all keys at once made four passes through memory) and
+ *   gini_buckets  sorts each bucket of a range of buckets by the rest of the key (two passes of GINI_DIGIT bits
+ *                 over a bucket that fits the cache, where sorting all keys by digits from the lowest up would
+ *                 make four passes through memory) and
  *                 walks it, summing per unit and for all units Σ r·x (r: rank from 1 within the range), Σ x and
  *                 the count, from which the caller adds up the ranges.
  * Entries are counted and scattered in four interleaved lanes, each with its own counters: runs of equal buckets,
