@@ -123,7 +123,8 @@ def _forget_pool() -> None:
     _pool = None  # a forked child has none of its parent's threads
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere nothing forks
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _workers() -> ThreadPoolExecutor:
