@@ -28,11 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,6 +65,18 @@ def resnet18_shapes() -> list[tuple[int, ...]]:
             c_in = c
     shapes.append((1000, 512))
     return shapes
+
+
+def cpu() -> str:
+    """The CPU's model name and widest vector instructions, from /proc/cpuinfo (Linux; else the platform's name)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({os.cpu_count()} cores, {vectors})"
 
 
 def make_weights(shapes: list[tuple[int, ...]], seed: int) -> Weights:
@@ -223,7 +238,8 @@ def main() -> None:
     ap.add_argument("--skip-big", action="store_true", help="only the ResNet18-shaped workload")
     args = ap.parse_args()
     print(
-        f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, grid of {len(GRID)} (p, q) pairs"
+        f"{cpu()}; torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads, "
+        f"grid of {len(GRID)} (p, q) pairs"
     )
     resnet = make_weights(resnet18_shapes(), 0)
     results = [run("ResNet18-shaped", resnet, args.reps, naive_pairs=12)]
