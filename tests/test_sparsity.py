@@ -680,3 +680,30 @@ def test_tensors_without_rows_or_columns_measure_as_nan_and_leave_the_rest_alone
         assert neuron["b.weight"].shape == (0,) and bool(neuron["d.weight"].isnan().all())
         assert measure(w) == pytest.approx(measure(full), rel=1e-12)
         assert layer["a.weight"] == pytest.approx(measure(full, scope="layer")["a.weight"], rel=1e-12)
+
+
+@FAST
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), min_size=1, max_size=5),
+    st.sampled_from([2, 50, 10**6]),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_gini_split_over_threads_on_small_tensors_equals_the_definition(shapes, levels, masked, seed):
+    # With no minimum size every step splits: entry ranges that cut tensors (and empty ones), bucket ranges.
+    from pqprune.measure import gini_layers_and_global
+
+    g = gen(seed)
+    sd = {f"l{i}.weight": torch.randint(-levels, levels, s, generator=g).float() / 7 for i, s in enumerate(shapes)}
+    masks = {n: torch.rand(w.shape, generator=g) < 0.6 for n, w in sd.items()} if masked else None
+    with pytest.MonkeyPatch.context() as mp, torch_threads(2):
+        mp.setattr(sums, "_SPLIT_MIN", 1)
+        layers, total = gini_layers_and_global(sd, masks)
+    kept = {n: (w[masks[n]] if masks else w).double().reshape(-1).numpy() for n, w in sd.items()}
+
+    def want(v: np.ndarray) -> float:
+        return ref_gini(v) if v.size and np.abs(v).sum() > 0 else math.nan
+
+    for n, v in kept.items():
+        assert layers[n] == pytest.approx(want(v), abs=1e-12, nan_ok=True), n
+    assert total == pytest.approx(want(np.concatenate(list(kept.values()))), abs=1e-12, nan_ok=True)
