@@ -227,3 +227,18 @@ def test_kernel_threads_work_in_a_forked_child():
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@FAST
+@given(shapes, st.booleans(), st.integers(2, 3), st.integers(0, 2**16))
+def test_sums_split_over_threads_at_any_size_equal_float64(dims, masked, threads, seed):
+    # With no minimum size the compiled kernel's rows are cut into ranges of about equal entries across tensors.
+    g = gen(seed)
+    weights = {f"w{i}": torch.randn(r, c, generator=g) for i, (r, c) in enumerate(dims)}
+    masks = {n: torch.rand(w.shape, generator=g) < 0.6 for n, w in weights.items()} if masked else {}
+    with pytest.MonkeyPatch.context() as mp, torch_threads(threads):
+        mp.setattr(sums, "_SPLIT_MIN", 1)
+        got = power_sums_of(weights, (0.5, 1.0, 2.0), masks)
+    for n, w in weights.items():
+        for s in (0.5, 1.0, 2.0):
+            assert torch.allclose(got[n].sums[s], float64_sums(w, masks.get(n), s), rtol=1e-6, atol=1e-12)
