@@ -98,6 +98,7 @@ def test_masks_density_and_survivor_indices(tmp_path, state_dict, masks):
     assert by_name["0.weight"]["density"] == 1.0
     alive = 36 + sum(int(m.sum()) for m in masks.values())
     assert rep["global"]["density"] == pytest.approx(alive / rep["global"]["numel"])
+    assert rep["global"]["gini"] == pytest.approx(gini(state_dict, "global", masks), abs=1e-12)
     # uint8 0/1 masks are accepted too
     save_file({n: m.to(torch.uint8) for n, m in masks.items()}, str(mfile))
     assert _json(model, "--masks", mfile) == rep

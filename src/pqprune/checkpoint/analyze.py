@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from pqprune.checkpoint.sources import Source, SourceMasks, SourceWeights, memory_source
 from pqprune.export.metrics import MetricsTally, model_metrics
 from pqprune.files import FileFormatError, finite_or_none
-from pqprune.measure.gini_index import gini
+from pqprune.measure.gini_index import gini, gini_layers_and_global_of
 from pqprune.measure.histogram import HALF_DTYPES, Histogram, half_histogram, half_keys, half_rows, key_histogram
 from pqprune.measure.indices import check_pq, pq_from_sums, sap_prune_count
 from pqprune.measure.sums import power_sums_of
@@ -300,10 +300,8 @@ def analyze_source(
 
 
 def _exact_gini(held: Mapping[str, tuple[Tensor, Tensor | None]]) -> float:
-    """The Gini index of the survivors of all ``held`` tensors together (order does not matter: one sort)."""
-    wide = torch.float64 if any(w.dtype == torch.float64 for w, _ in held.values()) else torch.float32
-    survivors = [(w if m is None else w[m]).reshape(-1).to(wide) for w, m in held.values()]
-    return cast(float, gini(torch.cat(survivors)))
+    """The Gini index of the survivors of all ``held`` tensors together (one sort of all, no copy of them)."""
+    return gini_layers_and_global_of({n: w for n, (w, _) in held.items()}, {n: m for n, (_, m) in held.items()})[1]
 
 
 def _group_rows(

@@ -246,10 +246,17 @@ def gini_layers_and_global(obj: WeightSource, masks: Masks | None = None) -> tup
     layer and global scope.
     """
     weights = named_weights(obj)
-    matched = check_masks(weights, masks)
-    if (fast := _kernel_layers_and_global(weights, matched)) is not None:
+    return gini_layers_and_global_of(weights, check_masks(weights, masks))
+
+
+def gini_layers_and_global_of(
+    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor | None]
+) -> tuple[dict[str, float], float]:
+    """:func:`gini_layers_and_global` of name → tensor taken as given (none left out by name or shape), each with
+    its bool mask or None (every name of ``weights`` in ``masks``)."""
+    if (fast := _kernel_layers_and_global(weights, masks)) is not None:
         return fast
-    runs = _layer_runs(weights, matched)
+    runs = _layer_runs(weights, masks)
     layers = {n: _gini_sorted(x, c) for n, (x, c) in runs.items()}
     everything = _merged([x for x, _ in runs.values()])
     return layers, _gini_sorted(everything, sum(c for _, c in runs.values()))
