@@ -217,7 +217,10 @@ def _kernel_layers_and_global(
         or not weights
         or len(weights) > _MAX_UNITS
         or any(w.device.type != "cpu" or w.dtype == torch.float64 for w in weights.values())
-        or any(m is not None and m.device.type != "cpu" for m in masks.values())
+        or any(
+            m is not None and (m.device.type != "cpu" or m.dtype not in (torch.bool, torch.uint8))
+            for m in masks.values()
+        )
     ):
         return None
     flats = {n: w.detach().reshape(-1).to(torch.float32).contiguous() for n, w in weights.items()}
@@ -254,6 +257,8 @@ def gini_layers_and_global_of(
 ) -> tuple[dict[str, float], float]:
     """:func:`gini_layers_and_global` of name → tensor taken as given (none left out by name or shape), each with
     its bool mask or None (every name of ``weights`` in ``masks``)."""
+    if not weights:
+        return {}, math.nan
     if (fast := _kernel_layers_and_global(weights, masks)) is not None:
         return fast
     runs = _layer_runs(weights, masks)
