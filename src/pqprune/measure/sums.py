@@ -128,7 +128,8 @@ if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere nothing forks
 
 
 def _workers() -> ThreadPoolExecutor:
-    """Threads kept for the kernels' calls: starting a thread per call costs ~0.1 ms, a few percent of a measure."""
+    """Threads kept for the kernels' calls: starting one per call is a visible part of measuring a ResNet18-sized
+    model (bench/bench_measures.py)."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="pqprune")
