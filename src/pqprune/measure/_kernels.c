@@ -1,6 +1,6 @@
 /* One-pass CPU kernels for the measures (docs/math.md §2–3) and the exact global magnitude selection (§5), called
- * from pqprune.measure.sums, pqprune.measure.histogram and pqprune.prune.select, which check every argument and
- * keep a PyTorch path for everything else (other devices, dtypes, exponents and scores).
+ * from pqprune.measure.sums, pqprune.measure.histogram, pqprune.measure.gini_index and pqprune.prune.select, which
+ * check every argument and keep a PyTorch path for everything else (other devices, dtypes, exponents and scores).
  *
  * Why C: the measures read each weight once and do a few operations on it. PyTorch does each operation as its
  * own pass over a block (|w|, then √, then a sum), its square root alone costs several reads of the block on

@@ -83,9 +83,9 @@ def half_rows(
 ) -> tuple[Tensor, RowStats]:
     """:func:`half_histogram` and :func:`pqprune.measure.sums.row_power_sums` of a float16/bfloat16 tensor in one
     pass, the same numbers as the two functions give: by the compiled kernel that both use (each row widened to
-    float32 for √|w|, |w| and w², other powers looked up per magnitude), else each block of rows is counted, then widened (its sign-less bit patterns are the magnitudes) and
-    summed with the same blocks and float32 sums as ``row_power_sums``. Rows longer than a block take the two
-    functions one after the other."""
+    float32 for √|w|, |w| and w², other powers looked up per magnitude), else each block of rows is counted, then
+    widened (its sign-less bit patterns are the magnitudes) and summed with the same blocks and float32 sums as
+    ``row_power_sums``. Rows longer than a block take the two functions one after the other."""
     rows = as_rows(w.detach())
     n_rows, n_cols = rows.shape
     if w.dtype not in HALF_DTYPES or n_cols > _ROWS_CHUNK or not n_rows or not rows.is_contiguous():
